@@ -1,0 +1,178 @@
+"""Errors raised by Tether.
+
+Every error derives from one root and carries a stable ``code`` that the CLI and
+(later) the HTTP API map from, plus structured fields such as ``run_id`` and ``seq``::
+
+    TetherError
+    ├── ConfigurationError            bad database URL, bad App options
+    ├── StorageError                  the database failed or is unusable
+    │   ├── DatabaseNotFoundError     read commands against a database that does not exist
+    │   └── LeaseLostError            another worker owns the run now (fencing)
+    ├── SerializationError            a value cannot be stored as JSON
+    ├── RegistrationError             a workflow/step definition is malformed
+    ├── UnknownWorkflowError          a run names a workflow this App does not have
+    ├── RunNotFoundError              no run with that run_id
+    ├── RunIdConflictError            run_id already used by another workflow
+    ├── NotInWorkflowError            a durable call made outside a workflow
+    ├── NondeterminismError           replay does not match the journal
+    ├── StepFailedError               a step raised after its retries (replayed identically)
+    ├── ChildRunFailedError           a child run failed or was cancelled
+    ├── SignalTimeoutError            ``ctx.wait_signal`` timed out (also a TimeoutError)
+    └── RunFailedError                ``handle.result()`` of a run that did not succeed
+        ├── RunCancelledError
+        └── RunNeedsAttentionError
+
+Engine control flow (suspending a run, losing a lease) does not use these: it derives from
+``BaseException`` so that a workflow's ``except Exception`` cannot swallow it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ChildRunFailedError",
+    "ConfigurationError",
+    "DatabaseNotFoundError",
+    "LeaseLostError",
+    "NondeterminismError",
+    "NotInWorkflowError",
+    "RegistrationError",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunIdConflictError",
+    "RunNeedsAttentionError",
+    "RunNotFoundError",
+    "SerializationError",
+    "SignalTimeoutError",
+    "StepFailedError",
+    "StorageError",
+    "TetherError",
+    "UnknownWorkflowError",
+]
+
+
+class TetherError(Exception):
+    """A Tether error."""
+
+    code = "tether_error"
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+        super().__init__(message or (self.__doc__ or self.code).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "type": type(self).__name__, "message": self.message}
+
+
+class ConfigurationError(TetherError):
+    """The App or database URL is misconfigured."""
+
+    code = "configuration"
+
+
+class StorageError(TetherError):
+    """The database failed or cannot be used."""
+
+    code = "storage"
+
+
+class DatabaseNotFoundError(StorageError):
+    """No database exists at that location."""
+
+    code = "database_not_found"
+
+
+class LeaseLostError(StorageError):
+    """This worker no longer holds the run's lease; its write was rejected."""
+
+    code = "lease_lost"
+
+
+class SerializationError(TetherError):
+    """A value cannot be stored as JSON."""
+
+    code = "serialization"
+
+
+class RegistrationError(TetherError):
+    """A workflow, step or tool definition is malformed."""
+
+    code = "registration"
+
+
+class UnknownWorkflowError(TetherError):
+    """The run names a workflow that is not registered in this App."""
+
+    code = "unknown_workflow"
+
+
+class RunNotFoundError(TetherError):
+    """No run has that run_id."""
+
+    code = "run_not_found"
+
+
+class RunIdConflictError(TetherError):
+    """That run_id already belongs to a run of another workflow."""
+
+    code = "run_id_conflict"
+
+
+class NotInWorkflowError(TetherError):
+    """A durable call was made outside a running workflow."""
+
+    code = "not_in_workflow"
+
+
+class NondeterminismError(TetherError):
+    """Replaying the workflow produced a different call than the journal recorded."""
+
+    code = "nondeterminism"
+
+
+class StepFailedError(TetherError):
+    """A step raised an exception after exhausting its retries.
+
+    The original exception's type name and message are kept in ``error_type`` and
+    ``error_message``; on replay the same error is raised from the journal, so a workflow
+    that catches it behaves identically both times.
+    """
+
+    code = "step_failed"
+
+
+class ChildRunFailedError(TetherError):
+    """A child run did not succeed."""
+
+    code = "child_failed"
+
+
+class SignalTimeoutError(TetherError, TimeoutError):
+    """No signal arrived before the wait's timeout."""
+
+    code = "signal_timeout"
+
+
+class RunFailedError(TetherError):
+    """The run did not succeed."""
+
+    code = "run_failed"
+
+
+class RunCancelledError(RunFailedError):
+    """The run was cancelled."""
+
+    code = "run_cancelled"
+
+
+class RunNeedsAttentionError(RunFailedError):
+    """The run stopped and needs a person (see ``run.error`` for why)."""
+
+    code = "needs_attention"

@@ -1,0 +1,114 @@
+"""Records shared by the storage and engine layers (frozen dataclasses)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Effect", "EntryStatus", "JournalEntry", "Run", "RunState", "RunStatus", "Signal"]
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its life. The string values are part of the public contract."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NEEDS_ATTENTION = "needs_attention"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class Effect(enum.StrEnum):
+    """What a tool does to the outside world (DESIGN section 4)."""
+
+    READ = "read"
+    IDEMPOTENT = "idempotent"
+    IRREVERSIBLE = "irreversible"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EntryStatus(enum.StrEnum):
+    """A journal entry is ``completed`` (output) or ``failed`` (error) once sealed;
+    ``waiting`` marks a durable wait that is recorded but not resolved yet."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    WAITING = "waiting"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One execution of a workflow, as stored."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    args: Any  # decoded JSON: {"args": [...], "kwargs": {...}}
+    result: Any = None  # decoded JSON of the return value when succeeded
+    error: dict[str, Any] | None = None  # {"type", "message", ...} when failed/needs_attention
+    parent_run_id: str | None = None
+    parent_seq: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    wake_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    fence: int = 0
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One durable call of a run, at position ``seq``."""
+
+    run_id: str
+    seq: int
+    kind: str  # step | sleep | signal | child | now | uuid | random
+    name: str
+    status: EntryStatus
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A message delivered to a run's mailbox, consumed in order by ``ctx.wait_signal``."""
+
+    id: int
+    run_id: str
+    name: str
+    value: Any
+    created_at: float
+    consumed_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """Everything a worker needs to replay a run, read in one go."""
+
+    run: Run
+    entries: dict[int, JournalEntry]
+    signals: list[Signal] = field(default_factory=list)
+    children: dict[str, Run] = field(default_factory=dict)

@@ -1,0 +1,387 @@
+"""``App``: the registry of workflows and steps, the query/command API, and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .._errors import (
+    ConfigurationError,
+    RegistrationError,
+    RunCancelledError,
+    RunFailedError,
+    RunNeedsAttentionError,
+    RunNotFoundError,
+    TetherError,
+    UnknownWorkflowError,
+)
+from .._records import JournalEntry, Run, RunStatus
+from .._serde import decode, dumps
+from ..storage import NewRun, Store, open_store
+from ._functions import Step, Workflow
+from ._registry import WorkflowDef, make_step, make_workflow
+from ._worker import Worker
+
+__all__ = ["App", "RunHandle"]
+
+log = logging.getLogger("tether")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_DATABASE_URL = "sqlite:///tether.db"
+
+
+class RunHandle(Generic[R]):
+    """A reference to a run, returned by ``app.start``."""
+
+    def __init__(self, app: App, run_id: str, workflow: WorkflowDef | None) -> None:
+        self.app = app
+        self.run_id = run_id
+        self._workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id!r}>"
+
+    async def status(self) -> RunStatus:
+        return (await self.app.get_run(self.run_id)).status
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the run to end and return its result. Raises ``RunFailedError`` (or
+        ``RunCancelledError``) if it did not succeed, ``RunNeedsAttentionError`` if it stopped
+        for a person, and ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            event = self.app._watch(self.run_id)
+            run = await self.app.get_run(self.run_id)
+            if run.status is RunStatus.SUCCEEDED:
+                tp = self._workflow.return_type if self._workflow else None
+                value: R = decode(run.result, tp)
+                return value
+            if run.status is RunStatus.FAILED:
+                raise RunFailedError(_describe(run), run_id=run.run_id, error=run.error)
+            if run.status is RunStatus.CANCELLED:
+                raise RunCancelledError(_describe(run), run_id=run.run_id, error=run.error)
+            if run.status is RunStatus.NEEDS_ATTENTION:
+                raise RunNeedsAttentionError(_describe(run), run_id=run.run_id, error=run.error)
+            wait = delay
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"run {self.run_id!r} is still {run.status.value} after {timeout} s"
+                    )
+                wait = min(wait, left)
+            # Woken at once by this process's worker; polls for runs executed elsewhere.
+            try:
+                await asyncio.wait_for(event.wait(), wait)
+            except TimeoutError:
+                delay = min(delay * 2, 0.25)
+
+
+def _describe(run: Run) -> str:
+    error = run.error or {}
+    return f"run {run.run_id!r} {run.status.value}: {error.get('type')}: {error.get('message')}"
+
+
+class App:
+    """A Tether application: workflows and steps bound to one database.
+
+    ``App("sqlite:///tether.db")`` is the embedded default. ``async with app:`` opens the
+    database and starts this process's worker, which resumes interrupted runs at once.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        lease_seconds: float = 15.0,
+        max_concurrency: int = 100,
+        poll_interval: float = 0.25,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.database_url = database_url or os.environ.get(
+            "TETHER_DATABASE_URL", DEFAULT_DATABASE_URL
+        )
+        if lease_seconds <= 0 or max_concurrency < 1 or poll_interval <= 0:
+            raise ConfigurationError(
+                "lease_seconds and poll_interval must be > 0 and max_concurrency >= 1"
+            )
+        self.lease_seconds = float(lease_seconds)
+        self.max_concurrency = int(max_concurrency)
+        self.poll_interval = float(poll_interval)
+        self.shutdown_grace = float(shutdown_grace)
+        self._store: Store = open_store(self.database_url)
+        self._workflows: dict[str, WorkflowDef] = {}
+        self._steps: dict[str, Step[Any, Any]] = {}
+        self._worker: Worker | None = None
+        self._opened = False
+        self._watchers: dict[str, asyncio.Event] = {}
+
+    def __repr__(self) -> str:
+        return f"<App {self.database_url!r}>"
+
+    # -- registration ---------------------------------------------------------------------
+    @overload
+    def workflow(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Workflow[P, R]: ...
+    @overload
+    def workflow(
+        self, /, *, name: str | None = None
+    ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Workflow[P, R]]: ...
+    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+        """Register an ``async def`` workflow whose first parameter is the Context."""
+
+        def register(f: Callable[..., Any]) -> Workflow[Any, Any]:
+            definition = make_workflow(f, name)
+            existing = self._workflows.get(definition.name)
+            if existing is not None and existing.fn is not f:
+                raise RegistrationError(
+                    f"workflow name {definition.name!r} is already registered; pass "
+                    "name=... to tell them apart"
+                )
+            self._workflows[definition.name] = definition
+            return Workflow(definition)
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
+    @overload
+    def step(self, fn: Callable[P, R], /) -> Step[P, R]: ...
+    @overload
+    def step(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, Any]], Step[P, Any]]: ...
+    def step(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a step (``def`` or ``async def``). Its result is recorded once and
+        replayed after a crash. ``retries`` extra attempts with exponential backoff from
+        ``backoff`` seconds (jittered, capped at ``backoff_max``); ``timeout`` per attempt."""
+
+        def register(f: Callable[..., Any]) -> Step[Any, Any]:
+            definition = make_step(
+                f,
+                name,
+                retries=retries,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                timeout=timeout,
+            )
+            step: Step[Any, Any] = Step(definition)
+            self._steps[definition.name] = step
+            return step
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def workflows(self) -> dict[str, WorkflowDef]:
+        return dict(self._workflows)
+
+    def _definition(self, workflow: Any) -> WorkflowDef:
+        if isinstance(workflow, Workflow):
+            name = workflow.name
+        elif isinstance(workflow, str):
+            name = workflow
+        elif callable(workflow):
+            name = getattr(workflow, "__name__", repr(workflow))
+        else:
+            raise UnknownWorkflowError(f"{workflow!r} is not a workflow")
+        definition = self._workflows.get(name)
+        if definition is None:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"workflow {name!r} is not registered in this App (registered: {known}); "
+                "decorate it with @app.workflow in the module the worker imports",
+                workflow=name,
+            )
+        return definition
+
+    def _encode_args(self, wf: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            wf.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TetherError(f"workflow {wf.name!r}: bad arguments: {exc}") from None
+        return dumps({"args": list(args), "kwargs": kwargs}, what=f"arguments of {wf.name!r}")
+
+    def _decode_args(self, wf: WorkflowDef, stored: Any) -> tuple[list[Any], dict[str, Any]]:
+        args = list(stored.get("args", []))
+        kwargs = dict(stored.get("kwargs", {}))
+        positional = [p for p in wf.params if p[2] in _POSITIONAL]
+        for i, value in enumerate(args):
+            if i < len(positional):
+                args[i] = decode(value, positional[i][1])
+        types = {name: tp for name, tp, _ in wf.params}
+        for key, value in kwargs.items():
+            kwargs[key] = decode(value, types.get(key))
+        return args, kwargs
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self, *, worker: bool = True, create: bool = True) -> None:
+        """Open the database (applying migrations) and, unless ``worker=False``, start
+        this process's worker."""
+        if not self._opened:
+            await self._store.open(create=create)
+            self._opened = True
+        if worker and self._worker is None:
+            self._worker = Worker(
+                self,
+                self._store,
+                lease_seconds=self.lease_seconds,
+                max_concurrency=self.max_concurrency,
+                poll_interval=self.poll_interval,
+                shutdown_grace=self.shutdown_grace,
+            )
+            await self._worker.start()
+
+    async def close(self) -> None:
+        """Stop the worker gracefully (runs are handed back, not lost) and close storage."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            await worker.stop()
+        if self._opened:
+            await self._store.close()
+            self._opened = False
+
+    async def __aenter__(self) -> App:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _ensure_open(self) -> Store:
+        if not self._opened:
+            await self.open(worker=False)
+        return self._store
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def worker(self) -> Worker | None:
+        return self._worker
+
+    def _wake_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
+
+    def _watch(self, run_id: str) -> asyncio.Event:
+        event = self._watchers.get(run_id)
+        if event is None or event.is_set():
+            event = self._watchers[run_id] = asyncio.Event()
+        return event
+
+    def _notify(self, run_id: str) -> None:
+        event = self._watchers.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    # -- commands and queries -------------------------------------------------------------
+    async def start(
+        self,
+        workflow: Workflow[P, R] | str,
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
+    ) -> RunHandle[R]:
+        """Start a run of ``workflow``. Idempotent on ``run_id``: starting an existing
+        run_id returns that run's handle and starts nothing."""
+        definition = self._definition(workflow)
+        args_json = self._encode_args(definition, args, kwargs)
+        store = await self._ensure_open()
+        if run_id is None:
+            run_id = os.urandom(8).hex()
+        elif not isinstance(run_id, str) or not run_id or len(run_id) > 200:
+            raise TetherError("run_id must be a non-empty string of at most 200 characters")
+        _, created = await store.create_run(NewRun(run_id, definition.name, args_json))
+        if created:
+            self._wake_worker()
+        return RunHandle(self, run_id, definition)
+
+    def handle(self, run_id: str) -> RunHandle[Any]:
+        return RunHandle(self, run_id, None)
+
+    async def get_run(self, run_id: str) -> Run:
+        store = await self._ensure_open()
+        run = await store.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(
+                f"no run {run_id!r}; list runs with 'tether runs'", run_id=run_id
+            )
+        return run
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        store = await self._ensure_open()
+        return await store.list_runs(
+            status=None if status is None else RunStatus(status),
+            workflow=workflow,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def get_journal(self, run_id: str) -> list[JournalEntry]:
+        await self.get_run(run_id)
+        return await self._store.list_entries(run_id)
+
+    async def signal(self, run_id: str, name: str, value: Any = None) -> None:
+        """Deliver ``value`` to the run's mailbox under ``name``; a run waiting on it wakes."""
+        if not isinstance(name, str) or not name:
+            raise TetherError("a signal needs a name (a non-empty string)")
+        value_json = dumps(value, what=f"value of signal {name!r}")
+        store = await self._ensure_open()
+        await store.send_signal(run_id, name, value_json)
+        self._wake_worker()
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
+        """Cancel the run and its unfinished children. A step in flight finishes, but
+        its result is discarded; the run makes no further durable call."""
+        store = await self._ensure_open()
+        run = await store.cancel_run(run_id, reason)
+        if self._worker is not None:
+            self._worker.cancel_local(run_id)
+            self._worker.wake()
+        self._notify(run_id)
+        return run
+
+
+_POSITIONAL = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+)

@@ -1,0 +1,151 @@
+"""Executing one claimed run: replay from the journal, then finish, suspend or hand back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from .._errors import NondeterminismError, SerializationError, StorageError, TetherError
+from .._records import RunStatus
+from .._serde import dumps
+from ..storage import Fence, Store
+from ._context import Context
+from ._control import Abandon, Checkpoint, Suspended
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["Outcome", "execute_run"]
+
+log = logging.getLogger("tether.engine")
+
+
+class Outcome:
+    FINISHED = "finished"  # succeeded, failed or needs_attention: written
+    SUSPENDED = "suspended"  # waiting: written
+    RELEASE = "release"  # hand the run back (shutdown): the worker writes it
+    ABANDONED = "abandoned"  # lease lost or storage failed: nothing more to write
+
+
+async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, Context]) -> str:
+    try:
+        state = await store.load_state(fence.run_id)
+    except StorageError:
+        log.exception("run %s: cannot load its journal", fence.run_id)
+        return Outcome.ABANDONED
+    try:
+        definition = app._definition(state.run.workflow)
+        args, kwargs = app._decode_args(definition, state.run.args)
+    except TetherError as exc:
+        await _finish(store, fence, RunStatus.NEEDS_ATTENTION, error=exc.to_dict())
+        return Outcome.FINISHED
+
+    ctx = Context(app, fence, state, store)
+    contexts[fence.run_id] = ctx
+    try:
+        task = ctx._run_coroutine(definition.fn(ctx, *args, **kwargs))
+        try:
+            await asyncio.wait({task, ctx._quiescent}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await _stop(ctx, task)
+            raise
+        if not task.done():  # every branch is blocked on a durable wait: park the run
+            return await _suspend(store, fence, ctx, task)
+        return await _conclude(app, store, fence, ctx, task)
+    finally:
+        contexts.pop(fence.run_id, None)
+
+
+async def _stop(ctx: Context, task: asyncio.Task[Any]) -> None:
+    ctx.closed = True
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # the workflow's own cleanup may raise anything: it is moot now
+        pass
+
+
+async def _suspend(store: Store, fence: Fence, ctx: Context, task: asyncio.Task[Any]) -> str:
+    await _stop(ctx, task)
+    waits = ctx.waits()
+    timers = [w.wake_at for w in waits if w.wake_at is not None]
+    try:
+        await store.suspend_run(
+            fence,
+            wake_at=min(timers) if timers else None,
+            signal_names=frozenset(w.signal for w in waits if w.signal),
+            child_ids=frozenset(w.child for w in waits if w.child),
+        )
+    except StorageError as exc:
+        log.warning("run %s: could not suspend (%s)", fence.run_id, exc)
+        return Outcome.ABANDONED
+    return Outcome.SUSPENDED
+
+
+async def _conclude(
+    app: App, store: Store, fence: Fence, ctx: Context, task: asyncio.Task[Any]
+) -> str:
+    exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+    if isinstance(exc, Abandon | Suspended | asyncio.CancelledError):
+        return Outcome.ABANDONED
+    if isinstance(exc, Checkpoint):
+        return Outcome.RELEASE
+    if ctx.fatal is None and exc is None:
+        beyond = sorted(seq for seq in ctx._entries if seq > ctx.seq)
+        if beyond:
+            entry = ctx._entries[beyond[0]]
+            ctx.fatal = NondeterminismError(
+                f"run {ctx.run_id!r}: the workflow returned after seq {ctx.seq}, but the "
+                f"journal records {entry.kind} {entry.name!r} at seq {entry.seq}; the "
+                "workflow code changed under a running run",
+                run_id=ctx.run_id,
+                seq=entry.seq,
+                recorded={"kind": entry.kind, "name": entry.name},
+                expected=None,
+            )
+    if ctx.fatal is not None:
+        error = ctx.fatal.to_dict() | {
+            "seq": ctx.fatal.fields.get("seq"),
+            "recorded": ctx.fatal.fields.get("recorded"),
+            "expected": ctx.fatal.fields.get("expected"),
+        }
+        log.error("%s", ctx.fatal)
+        return await _finish(store, fence, RunStatus.NEEDS_ATTENTION, error=error)
+    if exc is not None:
+        error = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+        if isinstance(exc, TetherError):
+            error["code"] = exc.code
+        return await _finish(store, fence, RunStatus.FAILED, error=error)
+    try:
+        result_json = dumps(task.result(), what=f"return value of workflow {ctx.workflow!r}")
+    except SerializationError as err:
+        return await _finish(store, fence, RunStatus.FAILED, error=err.to_dict())
+    return await _finish(store, fence, RunStatus.SUCCEEDED, result_json=result_json)
+
+
+async def _finish(
+    store: Store,
+    fence: Fence,
+    status: RunStatus,
+    *,
+    result_json: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> str:
+    try:
+        await store.finish_run(
+            fence,
+            status,
+            result_json=result_json,
+            error_json=None if error is None else json.dumps(error),
+        )
+    except StorageError as exc:
+        log.warning("run %s: could not record its end (%s)", fence.run_id, exc)
+        return Outcome.ABANDONED
+    return Outcome.FINISHED

@@ -1,0 +1,63 @@
+"""Running a step body: off-loop for sync bodies, timeouts, retries with backoff and jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from typing import Any
+
+from ._registry import StepDef
+
+__all__ = ["backoff_delay", "call_step"]
+
+log = logging.getLogger("tether.engine")
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, so retries of
+    many runs spread out but never retry sooner than half the nominal delay."""
+    nominal = min(cap, base * (2.0 ** (attempt - 1)))
+    return float(nominal / 2 + random.uniform(0, nominal / 2))
+
+
+async def _attempt(step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if step.is_async:
+        body = step.fn(*args, **kwargs)
+    else:
+        # Sync bodies run on the default thread pool so they never block the event loop.
+        loop = asyncio.get_running_loop()
+        body = loop.run_in_executor(None, functools.partial(step.fn, *args, **kwargs))
+    if step.timeout is None:
+        return await body
+    try:
+        return await asyncio.wait_for(body, step.timeout)
+    except TimeoutError:
+        raise TimeoutError(f"step {step.name!r} timed out after {step.timeout} s") from None
+
+
+async def call_step(
+    step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, int]:
+    """Run the body, retrying on exceptions; return (value, attempts) or raise the last
+    exception (with ``attempts`` set on it)."""
+    attempt = 1
+    while True:
+        try:
+            return await _attempt(step, args, kwargs), attempt
+        except Exception as exc:
+            if attempt > step.retries:
+                exc.tether_attempts = attempt  # type: ignore[attr-defined]
+                raise
+            delay = backoff_delay(attempt, step.backoff, step.backoff_max)
+            log.info(
+                "step %s attempt %d failed (%s: %s); retrying in %.3f s",
+                step.name,
+                attempt,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            attempt += 1
+            await asyncio.sleep(delay)

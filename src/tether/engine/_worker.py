@@ -1,0 +1,200 @@
+"""The worker: claims runnable runs, holds their leases, and hands them back on shutdown.
+
+One worker runs inside every open App (``async with app``) and in ``tether worker``. It
+claims at once on start, so runs interrupted by a crash resume without a polling delay; a
+lease held by a dead process on this host (same host and boot id, pid gone) is taken over
+at once, and any other expired lease as soon as it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from .._errors import StorageError
+from ..storage import Fence, Store, WorkerInfo
+from ..storage import _procs as procs
+from ._context import Context
+from ._executor import Outcome, execute_run
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("tether.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        lease_seconds: float,
+        max_concurrency: int,
+        poll_interval: float,
+        shutdown_grace: float,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.max_concurrency = max_concurrency
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        pid = os.getpid()
+        self.info = WorkerInfo(
+            worker_id=uuid.uuid4().hex,
+            host=procs.host(),
+            boot_id=procs.boot_id(),
+            pid=pid,
+            pid_start=procs.pid_start(pid),
+        )
+        self.active: dict[str, asyncio.Task[str]] = {}
+        self.contexts: dict[str, Context] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_expiry = 0.0
+        self.claimed = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id
+
+    async def start(self) -> None:
+        await self.store.register_worker(self.info)
+        await self._expire_dead()
+        await self._claim()  # at once: interrupted runs resume without waiting for a poll
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="tether-claim"),
+            asyncio.create_task(self._heartbeat(), name="tether-heartbeat"),
+        ]
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def cancel_local(self, run_id: str) -> None:
+        """The run was cancelled or its lease lost: stop executing it here."""
+        ctx = self.contexts.get(run_id)
+        if ctx is not None:
+            ctx.closed = True
+        task = self.active.get(run_id)
+        if task is not None:
+            task.cancel()
+
+    async def _expire_dead(self) -> None:
+        self._last_expiry = time.monotonic()
+        try:
+            expired = await self.store.expire_dead_local_workers(self.info)
+        except StorageError as exc:
+            log.warning("cannot check for dead workers: %s", exc)
+            return
+        if expired:
+            log.info("took over %d run(s) from dead local worker(s)", expired)
+
+    async def _claim(self) -> int:
+        room = self.max_concurrency - len(self.active)
+        if room <= 0 or self._stopping:
+            return 0
+        if time.monotonic() - self._last_expiry > 1.0:
+            await self._expire_dead()
+        fences = await self.store.claim_runs(self.worker_id, room, self.lease_seconds)
+        for fence in fences:
+            self.claimed += 1
+            task = asyncio.create_task(self._execute(fence), name=f"tether-run-{fence.run_id}")
+            self.active[fence.run_id] = task
+        return len(fences)
+
+    async def _execute(self, fence: Fence) -> str:
+        outcome = Outcome.ABANDONED
+        try:
+            outcome = await execute_run(self.app, self.store, fence, self.contexts)
+            return outcome
+        except asyncio.CancelledError:
+            return Outcome.ABANDONED
+        except Exception:
+            log.exception("run %s: engine error", fence.run_id)
+            return Outcome.ABANDONED
+        finally:
+            self.active.pop(fence.run_id, None)
+            if outcome == Outcome.RELEASE:
+                try:
+                    await self.store.release_runs(self.worker_id, [fence.run_id])
+                except StorageError as exc:
+                    log.warning("run %s: could not hand back (%s)", fence.run_id, exc)
+            self.app._notify(fence.run_id)
+            self._wakeup.set()  # a slot is free, and a parent may have been woken
+
+    async def _loop(self) -> None:
+        backoff = 0.0
+        while not self._stopping:
+            try:
+                claimed = await self._claim()
+                backoff = 0.0
+                if claimed and len(self.active) < self.max_concurrency:
+                    continue  # there may be more
+                timeout = self.poll_interval
+                next_wake = await self.store.next_wake_at()
+                if next_wake is not None:
+                    timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
+            except StorageError as exc:
+                backoff = min(5.0, max(0.1, backoff * 2))
+                log.warning("claiming failed (%s); retrying in %.1f s", exc, backoff)
+                timeout = backoff
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+
+    async def _heartbeat(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            before = set(self.active)
+            try:
+                held = await self.store.heartbeat(self.worker_id, self.lease_seconds)
+            except StorageError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for run_id in before & set(self.contexts):
+                # Only runs we held before the heartbeat and are still executing: a run
+                # claimed or finished meanwhile is not a lost lease.
+                if run_id not in held:
+                    log.warning("run %s: lease lost or run cancelled; stopping it", run_id)
+                    self.cancel_local(run_id)
+
+    async def stop(self) -> None:
+        """Stop claiming; let steps in flight finish and commit (up to the grace period);
+        stop every run at its next durable call; hand the runs back for another worker."""
+        self._stopping = True
+        self._wakeup.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for ctx in self.contexts.values():
+            ctx.draining = True
+        if self.active:
+            _, pending = await asyncio.wait(list(self.active.values()), timeout=self.shutdown_grace)
+            leftover = [t.get_name().removeprefix("tether-run-") for t in pending]
+            for run_id in leftover:
+                self.cancel_local(run_id)
+            if pending:
+                await asyncio.wait(pending)
+            try:
+                await self.store.release_runs(self.worker_id, leftover)
+            except StorageError as exc:
+                log.warning("could not hand back runs at shutdown: %s", exc)
+        try:
+            await self.store.unregister_worker(self.worker_id)
+        except StorageError as exc:
+            log.warning("could not unregister worker: %s", exc)

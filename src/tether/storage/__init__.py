@@ -1,0 +1,9 @@
+"""Storage layer: the ``Store`` protocol and its backends. Nothing else imports drivers."""
+
+from __future__ import annotations
+
+from ._sqlite import SQLiteStore
+from ._store import Fence, NewEntry, NewRun, Store, WorkerInfo
+from ._url import open_store
+
+__all__ = ["Fence", "NewEntry", "NewRun", "SQLiteStore", "Store", "WorkerInfo", "open_store"]

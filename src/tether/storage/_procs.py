@@ -1,0 +1,54 @@
+"""Who holds a lease: host, boot id and process, so a dead local holder is seen at once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cache
+
+__all__ = ["alive", "boot_id", "host", "pid_start"]
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+@cache
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def pid_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot: (pid, start) names a process
+    uniquely, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = pid_start(pid)
+    # A zombie still answers kill(0); treat it (state Z) as dead.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        if stat[stat.rfind(")") + 2 :].split()[0] == "Z":
+            return False
+    except OSError:
+        return False
+    return not start or not current or current == start

@@ -1,0 +1,624 @@
+"""SQLite store: WAL, ``synchronous=FULL`` by default, group commit.
+
+All access happens on the event loop's thread through one connection. Writes are queued and
+flushed together on the next loop iteration, inside one ``BEGIN IMMEDIATE`` transaction:
+concurrent runs share one commit (group commit), while a single run still waits for its own
+write to be durable before moving on (no write-behind). Each queued write is a small
+function that validates its fence before writing, so one stale writer cannot spoil the
+others in the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from .._errors import (
+    ConfigurationError,
+    DatabaseNotFoundError,
+    LeaseLostError,
+    RunIdConflictError,
+    RunNotFoundError,
+    StorageError,
+    TetherError,
+)
+from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
+from . import _procs
+from ._migrations import load_migrations, split_statements
+from ._store import Fence, NewEntry, NewRun, WorkerInfo
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+# Values whose JSON is longer than this go to the content-addressed blob table.
+BLOB_THRESHOLD = 4096
+_TERMINAL = ("succeeded", "failed", "cancelled")
+_RUN_COLUMNS = (
+    "run_id, workflow, status, args, result, error, parent_run_id, parent_seq, created_at, "
+    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts"
+)
+_OWNED = (
+    "SELECT 1 FROM runs WHERE run_id = ? AND lease_owner = ? AND fence = ? AND status = 'running'"
+)
+
+
+def _run_from_row(row: tuple[Any, ...]) -> Run:
+    return Run(
+        run_id=row[0],
+        workflow=row[1],
+        status=RunStatus(row[2]),
+        args=json.loads(row[3]),
+        result=None if row[4] is None else json.loads(row[4]),
+        error=None if row[5] is None else json.loads(row[5]),
+        parent_run_id=row[6],
+        parent_seq=row[7],
+        created_at=row[8],
+        updated_at=row[9],
+        wake_at=row[10],
+        lease_owner=row[11],
+        lease_expires_at=row[12],
+        fence=row[13],
+        attempts=row[14],
+    )
+
+
+def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
+    # row: run_id, seq, kind, name, status, input, output, error, started, finished, attempts
+    return JournalEntry(
+        run_id=row[0],
+        seq=row[1],
+        kind=row[2],
+        name=row[3],
+        status=EntryStatus(row[4]),
+        input=None if row[5] is None else json.loads(row[5]),
+        output=None if row[6] is None else json.loads(row[6]),
+        error=None if row[7] is None else json.loads(row[7]),
+        started_at=row[8],
+        finished_at=row[9],
+        attempts=row[10],
+    )
+
+
+_ENTRY_SELECT = """
+SELECT j.run_id, j.seq, j.kind, j.name, j.status,
+       COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
+       j.started_at, j.finished_at, j.attempts
+FROM journal j
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref
+WHERE j.run_id = ? ORDER BY j.seq
+"""
+
+
+def parse_sqlite_url(url: str) -> tuple[str, str]:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``?synchronous=NORMAL``."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.netloc:
+        raise ConfigurationError(
+            f"{url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    if not path:
+        raise ConfigurationError(f"{url!r} names no file; use e.g. sqlite:///tether.db")
+    sync = parse_qs(parts.query).get("synchronous", ["FULL"])[0].upper()
+    if sync not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigurationError(f"{url!r}: synchronous must be FULL, NORMAL or EXTRA")
+    return path, sync
+
+
+class SQLiteStore:
+    """The embedded default backend."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, self.synchronous = parse_sqlite_url(url)
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self.commits = 0  # committed write transactions, for tests and benchmarks
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self, *, create: bool = True) -> None:
+        if self._conn is not None:
+            return
+        if not create and not Path(self.path).exists():
+            raise DatabaseNotFoundError(
+                f"no database at {os.path.abspath(self.path)}; check TETHER_DATABASE_URL "
+                "or start a worker to create it",
+                path=self.path,
+            )
+        try:
+            parent = Path(self.path).parent
+            if create:
+                parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise StorageError(f"{self.path}: could not switch to WAL journal mode")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from exc
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock first, so two processes opening a new
+        # database at once apply each migration exactly once, one after the other.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in load_migrations("sqlite"):
+                if migration.version in applied:
+                    continue
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._queue:
+            self._flush()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("the store is not open")
+        return self._conn
+
+    # -- group commit -------------------------------------------------------------------
+    def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((op, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        conn = self.conn
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op, future in batch:
+                    try:
+                        outcomes.append((future, op(conn), None))
+                    except TetherError as exc:  # this op only: it wrote nothing
+                        outcomes.append((future, None, exc))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as db_error:
+            error = StorageError(f"{self.path}: write failed: {db_error}")
+            error.__cause__ = db_error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.commits += 1
+        for future, value, failure in outcomes:
+            if future.done():  # the awaiting task was cancelled
+                continue
+            if failure is None:
+                future.set_result(value)
+            else:
+                future.set_exception(failure)
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: read failed: {exc}") from exc
+
+    # -- values -------------------------------------------------------------------------
+    @staticmethod
+    def _value(conn: sqlite3.Connection, text: str | None) -> tuple[str | None, str | None]:
+        """(inline, ref): large values are stored once, by content hash."""
+        if text is None or len(text) <= BLOB_THRESHOLD:
+            return text, None
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        conn.execute(
+            "INSERT OR IGNORE INTO blobs (hash, data, size) VALUES (?, ?, ?)",
+            (digest, text, len(text)),
+        )
+        return None, digest
+
+    # -- runs ---------------------------------------------------------------------------
+    @staticmethod
+    def _insert_run(conn: sqlite3.Connection, new: NewRun, now: float) -> bool:
+        cur = conn.execute(
+            "INSERT INTO runs (run_id, workflow, status, args, parent_run_id, parent_seq, "
+            "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id) DO NOTHING",
+            (new.run_id, new.workflow, new.args_json, new.parent_run_id, new.parent_seq, now, now),
+        )
+        if cur.rowcount == 1:
+            return True
+        row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?", (new.run_id,)).fetchone()
+        if row[0] != new.workflow:
+            raise RunIdConflictError(
+                f"run_id {new.run_id!r} already belongs to a run of workflow {row[0]!r}, "
+                f"not {new.workflow!r}; choose another run_id",
+                run_id=new.run_id,
+            )
+        return False
+
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        created = await self._write(lambda conn: self._insert_run(conn, new, time.time()))
+        run = await self.get_run(new.run_id)
+        assert run is not None
+        return run, created
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return _run_from_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(str(status))
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_RUN_COLUMNS} FROM runs {clause} "
+            "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [_run_from_row(row) for row in rows]
+
+    async def list_entries(self, run_id: str) -> list[JournalEntry]:
+        return [_entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))]
+
+    async def load_state(self, run_id: str) -> RunState:
+        run = await self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        entries = {row[1]: _entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
+        signals = [
+            Signal(row[0], run_id, row[1], None if row[2] is None else json.loads(row[2]), row[3])
+            for row in self._read(
+                "SELECT id, name, value, created_at FROM signals "
+                "WHERE run_id = ? AND consumed_seq IS NULL ORDER BY id",
+                (run_id,),
+            )
+        ]
+        children: dict[str, Run] = {}
+        if any(e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()):
+            rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_run_id = ?", (run_id,))
+            children = {row[0]: _run_from_row(row) for row in rows}
+        return RunState(run, entries, signals, children)
+
+    # -- commands -----------------------------------------------------------------------
+    async def send_signal(self, run_id: str, name: str, value_json: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            conn.execute(
+                "INSERT INTO signals (run_id, name, value, created_at) VALUES (?, ?, ?, ?)",
+                (run_id, name, value_json, now),
+            )
+            # A waiting run is woken; a running one sees the signal when it next suspends.
+            conn.execute(
+                "UPDATE runs SET wake_at = ?, updated_at = ? "
+                "WHERE run_id = ? AND status = 'waiting'",
+                (now, now, run_id),
+            )
+
+        await self._write(op)
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            error = json.dumps({"type": "Cancelled", "message": reason})
+            todo = [run_id]
+            while todo:  # the run and, depth first, every unfinished descendant
+                current = todo.pop()
+                cur = conn.execute(
+                    "UPDATE runs SET status = 'cancelled', error = ?, lease_owner = NULL, "
+                    "wake_at = NULL, updated_at = ? WHERE run_id = ? "
+                    f"AND status NOT IN {_TERMINAL}",
+                    (error, now, current),
+                )
+                if cur.rowcount:
+                    self._wake_parent(conn, current, now)
+                todo.extend(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT run_id FROM runs WHERE parent_run_id = ? "
+                        f"AND status NOT IN {_TERMINAL}",
+                        (current,),
+                    )
+                )
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    @staticmethod
+    def _wake_parent(conn: sqlite3.Connection, run_id: str, now: float) -> None:
+        conn.execute(
+            "UPDATE runs SET wake_at = ?, updated_at = ? WHERE status = 'waiting' AND "
+            "run_id = (SELECT parent_run_id FROM runs WHERE run_id = ?)",
+            (now, now, run_id),
+        )
+
+    # -- workers and leases -------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (info.worker_id, info.host, info.boot_id, info.pid, info.pid_start, now, now),
+            )
+
+        await self._write(op)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+        )
+
+    async def expire_dead_local_workers(self, me: WorkerInfo) -> int:
+        rows = self._read(
+            "SELECT worker_id, boot_id, pid, pid_start FROM workers WHERE host = ?", (me.host,)
+        )
+        dead = [
+            row[0]
+            for row in rows
+            if row[0] != me.worker_id and (row[1] != me.boot_id or not _procs.alive(row[2], row[3]))
+        ]
+        if not dead:
+            return 0
+
+        def op(conn: sqlite3.Connection) -> int:
+            expired = 0
+            for worker_id in dead:
+                expired += conn.execute(
+                    "UPDATE runs SET lease_expires_at = 0 "
+                    "WHERE lease_owner = ? AND status = 'running'",
+                    (worker_id,),
+                ).rowcount
+                conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+            return expired
+
+        return await self._write(op)
+
+    async def claim_runs(self, worker_id: str, limit: int, lease_seconds: float) -> list[Fence]:
+        def op(conn: sqlite3.Connection) -> list[Fence]:
+            now = time.time()
+            rows = conn.execute(
+                "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+                "fence = fence + 1, attempts = attempts + 1, wake_at = NULL, updated_at = ? "
+                "WHERE run_id IN ("
+                " SELECT run_id FROM ("
+                "  SELECT run_id, created_at FROM runs WHERE status = 'pending'"
+                "  UNION ALL SELECT run_id, created_at FROM runs"
+                "   WHERE status = 'waiting' AND wake_at <= ?"
+                "  UNION ALL SELECT run_id, created_at FROM runs"
+                "   WHERE status = 'running' AND lease_expires_at < ?"
+                " ) ORDER BY created_at LIMIT ?) "
+                "RETURNING run_id, fence",
+                (worker_id, now + lease_seconds, now, now, now, limit),
+            ).fetchall()
+            return [Fence(row[0], worker_id, row[1]) for row in rows]
+
+        return await self._write(op)
+
+    async def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
+        def op(conn: sqlite3.Connection) -> set[str]:
+            now = time.time()
+            conn.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?", (now, worker_id)
+            )
+            rows = conn.execute(
+                "UPDATE runs SET lease_expires_at = ? "
+                "WHERE lease_owner = ? AND status = 'running' RETURNING run_id",
+                (now + lease_seconds, worker_id),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._write(op)
+
+    async def release_runs(self, worker_id: str, run_ids: list[str]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(
+                "UPDATE runs SET status = 'pending', lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
+                "WHERE run_id = ? AND lease_owner = ? AND status = 'running'",
+                [(now, run_id, worker_id) for run_id in run_ids],
+            )
+
+        if run_ids:
+            await self._write(op)
+
+    async def next_wake_at(self) -> float | None:
+        rows = self._read(
+            "SELECT min(t) FROM ("
+            " SELECT min(wake_at) AS t FROM runs WHERE status = 'waiting'"
+            " UNION ALL SELECT min(lease_expires_at) FROM runs WHERE status = 'running')"
+        )
+        return rows[0][0] if rows else None
+
+    # -- journal writes -----------------------------------------------------------------
+    @staticmethod
+    def _check(conn: sqlite3.Connection, fence: Fence) -> None:
+        if conn.execute(_OWNED, (fence.run_id, fence.worker_id, fence.fence)).fetchone() is None:
+            raise LeaseLostError(
+                f"run {fence.run_id!r}: lease lost (fence {fence.fence}); write rejected",
+                run_id=fence.run_id,
+            )
+
+    async def append_entry(
+        self,
+        fence: Fence,
+        entry: NewEntry,
+        *,
+        consume_signal: int | None = None,
+        start_child: NewRun | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if consume_signal is not None or start_child is not None:
+                self._check(conn, fence)
+            input_inline, input_ref = self._value(conn, entry.input_json)
+            output_inline, output_ref = self._value(conn, entry.output_json)
+            # The fence check is part of the insert: a plain step is one statement.
+            cur = conn.execute(
+                "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
+                "output, output_ref, error, started_at, finished_at, attempts) "
+                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
+                "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
+                "output = excluded.output, output_ref = excluded.output_ref, "
+                "error = excluded.error, finished_at = excluded.finished_at, "
+                "attempts = excluded.attempts",
+                (
+                    fence.run_id,
+                    entry.seq,
+                    entry.kind,
+                    entry.name,
+                    entry.status,
+                    input_inline,
+                    input_ref,
+                    output_inline,
+                    output_ref,
+                    entry.error_json,
+                    entry.started_at,
+                    entry.finished_at,
+                    entry.attempts,
+                    fence.run_id,
+                    fence.worker_id,
+                    fence.fence,
+                ),
+            )
+            if cur.rowcount != 1:
+                self._check(conn, fence)  # raises LeaseLostError
+            if consume_signal is not None:
+                conn.execute(
+                    "UPDATE signals SET consumed_seq = ? WHERE id = ? AND consumed_seq IS NULL",
+                    (entry.seq, consume_signal),
+                )
+            if start_child is not None:
+                self._insert_run(conn, start_child, time.time())
+
+        await self._write(op)
+
+    async def finish_run(
+        self,
+        fence: Fence,
+        status: RunStatus,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, result = ?, error = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL, wake_at = NULL, updated_at = ? "
+                "WHERE run_id = ? AND lease_owner = ? AND fence = ? AND status = 'running'",
+                (
+                    str(status),
+                    result_json,
+                    error_json,
+                    now,
+                    fence.run_id,
+                    fence.worker_id,
+                    fence.fence,
+                ),
+            )
+            if cur.rowcount != 1:
+                self._check(conn, fence)
+            if status.is_terminal:
+                self._wake_parent(conn, fence.run_id, now)
+
+        await self._write(op)
+
+    async def suspend_run(
+        self,
+        fence: Fence,
+        *,
+        wake_at: float | None,
+        signal_names: frozenset[str],
+        child_ids: frozenset[str],
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            ready = False
+            # Within this write transaction no signal or child can slip in between the
+            # check and the status change, so a wake-up is never lost.
+            for name in signal_names:
+                if conn.execute(
+                    "SELECT 1 FROM signals WHERE run_id = ? AND name = ? "
+                    "AND consumed_seq IS NULL LIMIT 1",
+                    (fence.run_id, name),
+                ).fetchone():
+                    ready = True
+                    break
+            if not ready:
+                for child_id in child_ids:
+                    if conn.execute(
+                        f"SELECT 1 FROM runs WHERE run_id = ? AND status IN {_TERMINAL}",
+                        (child_id,),
+                    ).fetchone():
+                        ready = True
+                        break
+            cur = conn.execute(
+                "UPDATE runs SET status = 'waiting', wake_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
+                "WHERE run_id = ? AND lease_owner = ? AND fence = ? AND status = 'running'",
+                (now if ready else wake_at, now, fence.run_id, fence.worker_id, fence.fence),
+            )
+            if cur.rowcount != 1:
+                self._check(conn, fence)
+
+        await self._write(op)

@@ -1,0 +1,140 @@
+"""The storage boundary: the ``Store`` protocol every backend implements.
+
+The engine talks to storage only through this protocol. JSON values cross it as text
+(already encoded by the engine) on the way in, and as decoded JSON on the way out. Every
+write that changes a claimed run carries a :class:`Fence`; a backend must reject it with
+``LeaseLostError`` when the run's lease has moved on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._records import JournalEntry, Run, RunState, RunStatus
+
+__all__ = ["Fence", "NewEntry", "NewRun", "Store", "WorkerInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Proof of ownership of a claimed run: who claimed it and the token they got."""
+
+    run_id: str
+    worker_id: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    run_id: str
+    workflow: str
+    args_json: str
+    parent_run_id: str | None = None
+    parent_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """A journal write. ``status`` waiting records a wait; completed/failed seal the entry."""
+
+    seq: int
+    kind: str
+    name: str
+    status: str
+    input_json: str | None = None
+    output_json: str | None = None
+    error_json: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_start: str
+
+
+class Store(Protocol):
+    """The system of record. Implementations: ``SQLiteStore`` (PostgreSQL to follow)."""
+
+    url: str
+
+    async def open(self, *, create: bool = True) -> None: ...
+    async def close(self) -> None: ...
+
+    # -- runs ---------------------------------------------------------------------------
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        """Insert the run unless ``run_id`` exists; return it and whether it was created."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]: ...
+    async def list_entries(self, run_id: str) -> list[JournalEntry]: ...
+    async def load_state(self, run_id: str) -> RunState:
+        """The run, its journal, its unconsumed signals and its children's outcomes."""
+        ...
+
+    # -- commands from outside a run ---------------------------------------------------
+    async def send_signal(self, run_id: str, name: str, value_json: str) -> None: ...
+    async def cancel_run(self, run_id: str, reason: str) -> Run: ...
+
+    # -- workers and leases ------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo) -> None: ...
+    async def unregister_worker(self, worker_id: str) -> None: ...
+    async def expire_dead_local_workers(self, me: WorkerInfo) -> int:
+        """Expire at once the leases of workers on this host whose process is gone."""
+        ...
+
+    async def claim_runs(self, worker_id: str, limit: int, lease_seconds: float) -> list[Fence]: ...
+
+    async def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
+        """Extend this worker's leases; return the run_ids it still holds."""
+        ...
+
+    async def release_runs(self, worker_id: str, run_ids: list[str]) -> None:
+        """Hand runs back (status pending) so any worker resumes them at once."""
+        ...
+
+    async def next_wake_at(self) -> float | None: ...
+
+    # -- journal writes of a claimed run (group committed, fenced) ----------------------
+    async def append_entry(
+        self,
+        fence: Fence,
+        entry: NewEntry,
+        *,
+        consume_signal: int | None = None,
+        start_child: NewRun | None = None,
+    ) -> None: ...
+
+    async def finish_run(
+        self,
+        fence: Fence,
+        status: RunStatus,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+    ) -> None: ...
+
+    async def suspend_run(
+        self,
+        fence: Fence,
+        *,
+        wake_at: float | None,
+        signal_names: frozenset[str],
+        child_ids: frozenset[str],
+    ) -> None:
+        """Park the run as waiting; wake it at once if a wait it blocks on is already met."""
+        ...
