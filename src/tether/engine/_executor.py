@@ -46,7 +46,12 @@ async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, 
     ctx = Context(app, fence, state, store)
     contexts[fence.run_id] = ctx
     try:
-        task = ctx._run_coroutine(definition.fn(ctx, *args, **kwargs))
+        try:
+            coro = definition.fn(ctx, *args, **kwargs)
+        except TypeError as exc:  # stored arguments no longer fit the signature
+            error = {"type": "TypeError", "message": f"workflow {definition.name!r}: {exc}"}
+            return await _finish(store, fence, RunStatus.FAILED, error=error)
+        task = ctx._run_coroutine(coro)
         try:
             await asyncio.wait({task, ctx._quiescent}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:

@@ -9,6 +9,7 @@ at once, and any other expired lease as soon as it expires.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from .._errors import StorageError
+from .._records import RunStatus
 from ..storage import Fence, Store, WorkerInfo
 from ..storage import _procs as procs
 from ._context import Context
@@ -117,8 +119,20 @@ class Worker:
             return outcome
         except asyncio.CancelledError:
             return Outcome.ABANDONED
-        except Exception:
+        except Exception as exc:
+            # A bug in Tether, not in the workflow: stop the run for a person rather than
+            # leave it leased and stuck.
             log.exception("run %s: engine error", fence.run_id)
+            try:
+                await self.store.finish_run(
+                    fence,
+                    RunStatus.NEEDS_ATTENTION,
+                    error_json=json.dumps(
+                        {"type": "EngineError", "message": f"{type(exc).__name__}: {exc}"}
+                    ),
+                )
+            except StorageError:
+                pass
             return Outcome.ABANDONED
         finally:
             self.active.pop(fence.run_id, None)
@@ -156,9 +170,11 @@ class Worker:
         interval = self.lease_seconds / 3
         while not self._stopping:
             await asyncio.sleep(interval)
-            before = set(self.active)
+            before = set(self.contexts)
             try:
-                held = await self.store.heartbeat(self.worker_id, self.lease_seconds)
+                held = await self.store.heartbeat(
+                    self.worker_id, sorted(before), self.lease_seconds
+                )
             except StorageError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue

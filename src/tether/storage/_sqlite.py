@@ -454,18 +454,22 @@ class SQLiteStore:
 
         return await self._write(op)
 
-    async def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
+    async def heartbeat(self, worker_id: str, run_ids: list[str], lease_seconds: float) -> set[str]:
         def op(conn: sqlite3.Connection) -> set[str]:
             now = time.time()
             conn.execute(
                 "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?", (now, worker_id)
             )
-            rows = conn.execute(
-                "UPDATE runs SET lease_expires_at = ? "
-                "WHERE lease_owner = ? AND status = 'running' RETURNING run_id",
-                (now + lease_seconds, worker_id),
-            ).fetchall()
-            return {row[0] for row in rows}
+            held: set[str] = set()
+            for run_id in run_ids:
+                row = conn.execute(
+                    "UPDATE runs SET lease_expires_at = ? WHERE run_id = ? "
+                    "AND lease_owner = ? AND status = 'running' RETURNING run_id",
+                    (now + lease_seconds, run_id, worker_id),
+                ).fetchone()
+                if row is not None:
+                    held.add(row[0])
+            return held
 
         return await self._write(op)
 

@@ -99,8 +99,9 @@ class Store(Protocol):
 
     async def claim_runs(self, worker_id: str, limit: int, lease_seconds: float) -> list[Fence]: ...
 
-    async def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
-        """Extend this worker's leases; return the run_ids it still holds."""
+    async def heartbeat(self, worker_id: str, run_ids: list[str], lease_seconds: float) -> set[str]:
+        """Extend the leases of the runs this worker is executing; return those it still
+        holds. Leases of runs it no longer executes are left to expire."""
         ...
 
     async def release_runs(self, worker_id: str, run_ids: list[str]) -> None:
