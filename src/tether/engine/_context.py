@@ -242,6 +242,8 @@ class Context:
             self._end()
         if failure is not None:
             raise _step_error(step.name, seq, _error_dict(failure)) from failure
+        if type(value) in _JSON_SCALARS:  # its JSON round trip is the identity
+            return decode(value, step.return_type)
         return decode(json.loads(output_json), step.return_type)
 
     # -- recorded non-determinism -------------------------------------------------------
@@ -447,6 +449,9 @@ class Context:
         context = contextvars.copy_context()
         context.run(_current.set, self)
         return asyncio.get_running_loop().create_task(coro, context=context)
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _to_datetime(value: float) -> datetime:

@@ -61,7 +61,8 @@ async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, 
             return await _suspend(store, fence, ctx, task)
         return await _conclude(app, store, fence, ctx, task)
     finally:
-        contexts.pop(fence.run_id, None)
+        if contexts.get(fence.run_id) is ctx:
+            del contexts[fence.run_id]
 
 
 async def _stop(ctx: Context, task: asyncio.Task[Any]) -> None:

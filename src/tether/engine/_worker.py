@@ -109,6 +109,11 @@ class Worker:
         for fence in fences:
             self.claimed += 1
             task = asyncio.create_task(self._execute(fence), name=f"tether-run-{fence.run_id}")
+            stale = self.active.get(fence.run_id)
+            if stale is not None:
+                # Our own lease expired while this process stalled and we re-claimed the
+                # run: the old execution's writes would be rejected anyway; stop it.
+                self.cancel_local(fence.run_id)
             self.active[fence.run_id] = task
         return len(fences)
 
@@ -135,7 +140,8 @@ class Worker:
                 pass
             return Outcome.ABANDONED
         finally:
-            self.active.pop(fence.run_id, None)
+            if self.active.get(fence.run_id) is asyncio.current_task():
+                del self.active[fence.run_id]
             if outcome == Outcome.RELEASE:
                 try:
                     await self.store.release_runs(self.worker_id, [fence.run_id])

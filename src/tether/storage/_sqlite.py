@@ -117,6 +117,20 @@ def parse_sqlite_url(url: str) -> tuple[str, str]:
     return path, sync
 
 
+def _switch_to_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> str:
+    # Switching a new database to WAL takes an exclusive lock, and SQLite answers BUSY at
+    # once, without the busy handler, while another process opening the same new file
+    # holds it: retry, as the busy timeout would.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore:
     """The embedded default backend."""
 
@@ -146,7 +160,7 @@ class SQLiteStore:
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
             conn.execute("PRAGMA busy_timeout = 30000")
-            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            if _switch_to_wal(conn).lower() != "wal":
                 raise StorageError(f"{self.path}: could not switch to WAL journal mode")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = OFF")
@@ -511,9 +525,23 @@ class SQLiteStore:
         consume_signal: int | None = None,
         start_child: NewRun | None = None,
     ) -> None:
+        # A stale writer must write nothing, not even a blob: check the fence first
+        # whenever the insert below is not the first write.
+        blob = any(
+            v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
+        )
+
         def op(conn: sqlite3.Connection) -> None:
-            if consume_signal is not None or start_child is not None:
+            if consume_signal is not None or start_child is not None or blob:
                 self._check(conn, fence)
+            if start_child is not None and not self._insert_run(conn, start_child, time.time()):
+                # Insert the child first: a conflict must leave no waiting entry behind, or
+                # the parent would replay into a wait on a run that is not its child.
+                raise RunIdConflictError(
+                    f"run_id {start_child.run_id!r} is already taken; a child run needs a "
+                    "new run_id",
+                    run_id=start_child.run_id,
+                )
             input_inline, input_ref = self._value(conn, entry.input_json)
             output_inline, output_ref = self._value(conn, entry.output_json)
             # The fence check is part of the insert: a plain step is one statement.
@@ -551,8 +579,6 @@ class SQLiteStore:
                     "UPDATE signals SET consumed_seq = ? WHERE id = ? AND consumed_seq IS NULL",
                     (entry.seq, consume_signal),
                 )
-            if start_child is not None:
-                self._insert_run(conn, start_child, time.time())
 
         await self._write(op)
 
