@@ -42,6 +42,9 @@ def encode(value: Any, *, what: str) -> Any:
     return json.loads(dumps(value, what=what))
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 @functools.lru_cache(maxsize=1024)
 def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(tp)
@@ -51,6 +54,10 @@ def decode(data: Any, tp: Any) -> Any:
     """Turn decoded JSON back into ``tp`` (``None``/``Any`` keeps it as is)."""
     if tp is None or tp is Any or data is None:
         return data
+    if type(data) is tp and tp in _SCALARS:  # the common case, without building a validator
+        return data
+    if tp is float and type(data) is int:
+        return float(data)
     try:
         return _adapter(tp).validate_python(data)
     except (pydantic.ValidationError, TypeError) as exc:

@@ -502,3 +502,32 @@ async def test_open_without_create_on_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatabaseNotFoundError, match="no database"):
         await store.open(create=False)
     assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_failing_write_does_not_fail_its_batch_neighbours(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from tether import StorageError
+    from tether.storage import NewRun, SQLiteStore
+
+    store = SQLiteStore(f"sqlite:///{tmp_path}/batch.db")
+    await store.open()
+    try:
+
+        def bad(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+        results = await asyncio.gather(
+            store.create_run(NewRun("a", "wf", "{}")),
+            store._write(bad),
+            store.create_run(NewRun("b", "wf", "{}")),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], StorageError)
+        assert not isinstance(results[0], BaseException)
+        assert not isinstance(results[2], BaseException)
+        assert await store.get_run("a") is not None
+        assert await store.get_run("b") is not None
+    finally:
+        await store.close()

@@ -57,7 +57,7 @@ class RunHandle(Generic[R]):
         ``RunCancelledError``) if it did not succeed, ``RunNeedsAttentionError`` if it stopped
         for a person, and ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
+        delay = self.app.poll_interval if self.app.worker is not None else 0.005
         while True:
             event = self.app._watch(self.run_id)
             run = await self.app.get_run(self.run_id)
@@ -79,11 +79,13 @@ class RunHandle(Generic[R]):
                         f"run {self.run_id!r} is still {run.status.value} after {timeout} s"
                     )
                 wait = min(wait, left)
-            # Woken at once by this process's worker; polls for runs executed elsewhere.
+            # This process's worker wakes us the moment the run ends or parks, so with a
+            # local worker poll only at its pace (for runs executed elsewhere); without one,
+            # poll quickly at first and back off.
             try:
                 await asyncio.wait_for(event.wait(), wait)
             except TimeoutError:
-                delay = min(delay * 2, 0.25)
+                delay = min(delay * 2, self.app.poll_interval)
 
 
 def _describe(run: Run) -> str:

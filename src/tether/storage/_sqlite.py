@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -36,6 +37,8 @@ from ._migrations import load_migrations, split_statements
 from ._store import Fence, NewEntry, NewRun, WorkerInfo
 
 __all__ = ["SQLiteStore"]
+
+log = logging.getLogger("tether.storage")
 
 T = TypeVar("T")
 
@@ -223,8 +226,10 @@ class SQLiteStore:
             return
         conn = self.conn
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        begun = False
         try:
             conn.execute("BEGIN IMMEDIATE")
+            begun = True
             try:
                 for op, future in batch:
                     try:
@@ -237,6 +242,18 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as db_error:
+            if begun and len(batch) > 1:
+                # One bad write must not fail its neighbours: commit each on its own.
+                # (Not when BEGIN failed: the database as a whole is unavailable.)
+                log.warning(
+                    "%s: batch of %d failed (%s); retrying one by one",
+                    self.path,
+                    len(batch),
+                    db_error,
+                )
+                for item in batch:
+                    self._queue_one(item)
+                return
             error = StorageError(f"{self.path}: write failed: {db_error}")
             error.__cause__ = db_error
             for _, future in batch:
@@ -251,6 +268,15 @@ class SQLiteStore:
                 future.set_result(value)
             else:
                 future.set_exception(failure)
+
+    def _queue_one(
+        self, item: tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+    ) -> None:
+        saved, self._queue = self._queue, [item]
+        try:
+            self._flush()
+        finally:
+            self._queue = saved + self._queue
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
