@@ -61,6 +61,8 @@ class RunHandle(Generic[R]):
         while True:
             event = self.app._watch(self.run_id)
             run = await self.app.get_run(self.run_id)
+            if run.status.is_terminal or run.status is RunStatus.NEEDS_ATTENTION:
+                self.app._unwatch(self.run_id, event)
             if run.status is RunStatus.SUCCEEDED:
                 tp = self._workflow.return_type if self._workflow else None
                 value: R = decode(run.result, tp)
@@ -301,6 +303,10 @@ class App:
         if event is None or event.is_set():
             event = self._watchers[run_id] = asyncio.Event()
         return event
+
+    def _unwatch(self, run_id: str, event: asyncio.Event) -> None:
+        if self._watchers.get(run_id) is event:
+            del self._watchers[run_id]
 
     def _notify(self, run_id: str) -> None:
         event = self._watchers.pop(run_id, None)
