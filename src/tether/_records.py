@@ -90,6 +90,9 @@ class JournalEntry:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 1
+    # The order in which the run resumed from its completed calls; replay releases
+    # recorded results in this order so concurrent branches renumber identically.
+    delivery: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ async def _record(url: str) -> dict[str, object]:
                             "status": str(e.status),
                             "input": e.input,
                             "output": e.output,
+                            "delivery": e.delivery,
                         }
                         for e in entries
                     ],
@@ -124,6 +125,7 @@ async def test_golden_journal_replays_without_executing(tmp_path: Path) -> None:
                     e["status"],
                     json.dumps(e["input"]) if e["input"] is not None else None,
                     json.dumps(e["output"]) if e["output"] is not None else None,
+                    delivery=e.get("delivery"),
                 ),
             )
     await store.release_runs("loader", list(by_id))

@@ -18,11 +18,10 @@ import uuid as _uuid
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._errors import (
     ChildRunFailedError,
-    LeaseLostError,
     NondeterminismError,
     NotInWorkflowError,
     SerializationError,
@@ -30,7 +29,7 @@ from .._errors import (
     StepFailedError,
     StorageError,
 )
-from .._records import EntryStatus, JournalEntry, RunState
+from .._records import EntryStatus, JournalEntry, RunState, RunStatus, Signal
 from .._serde import decode, dumps
 from ..storage import Fence, NewEntry, NewRun, Store
 from ._control import Abandon, Checkpoint, Suspended
@@ -59,16 +58,27 @@ def current_context(what: str) -> Context:
 
 @dataclass(slots=True)
 class _Wait:
-    """A durable wait that is not resolved in this execution."""
+    """A durable wait that is not resolved yet in this execution."""
 
     seq: int
     wake_at: float | None = None
     signal: str | None = None
     child: str | None = None
+    future: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 class Context:
-    """Passed as the first argument of every workflow. Its methods are durable calls."""
+    """Passed as the first argument of every workflow. Its methods are durable calls.
+
+    Ordering. ``seq`` is taken when a call is made. With concurrent branches
+    (``asyncio.gather``), which branch makes its next call first depends on which of their
+    calls completed first. So every completion also records its **delivery**: the order in
+    which the run resumed from its completed calls. Replay hands recorded results back in
+    that same order (a branch whose result is not next waits for its turn), and a call
+    executed live during a replay is handed back only after every recorded one: branches
+    make their calls in the same order and get the same seqs as the first time.
+    """
 
     def __init__(self, app: App, fence: Fence, state: RunState, store: Store) -> None:
         self.run_id: str = state.run.run_id
@@ -79,16 +89,31 @@ class Context:
         self._entries = state.entries
         self._mailbox = list(state.signals)
         self._taken: set[int] = set()
-        self._children = state.children
+        self._children = dict(state.children)
         self._seq = 0
-        # Quiescence: the run suspends once every live branch is blocked on a wait and
-        # nothing is executing. `_progress` moves on every durable call or completion.
+        # Delivery order (see the class docstring). Invariant: _released <= _assigned;
+        # recorded deliveries are 1.._recorded and live ones are numbered after them.
+        self._recorded = max(
+            (e.delivery or 0 for e in state.entries.values() if e.status is not _WAITING),
+            default=0,
+        )
+        self._assigned = self._recorded
+        self._released = 0
+        self._turns: dict[int, asyncio.Future[None]] = {}
+        self._releasing = False
+        # Quiescence: the run parks once every branch is blocked on a wait (or on a turn)
+        # and nothing executes. `_progress` moves on every durable call or completion.
         self._inflight = 0
         self._progress = 0
         self._blocked: dict[int, _Wait] = {}
         self._quiescent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._checking = False
+        self._refreshing = False
         self.fatal: NondeterminismError | None = None
+        # Set when the engine stopped the run from inside (lease lost, storage failed,
+        # shutdown): the workflow's own outcome is then moot, even if it swallowed the
+        # exception (``gather(..., return_exceptions=True)``).
+        self.engine_exit: BaseException | None = None
         self.closed = False
         self.draining = False
 
@@ -104,18 +129,32 @@ class Context:
         seq = self._seq
         entry = self._entries.get(seq)
         if entry is not None and (entry.kind != kind or entry.name != name):
-            self.fatal = NondeterminismError(
+            self._nondeterminism(
                 f"run {self.run_id!r} at seq {seq}: the journal recorded {entry.kind} "
                 f"{entry.name!r} but the workflow now calls {kind} {name!r}; the workflow "
                 "code changed under a running run. Restore the old code, or fork/retry the "
                 "run from before this point",
-                run_id=self.run_id,
                 seq=seq,
                 recorded={"kind": entry.kind, "name": entry.name},
                 expected={"kind": kind, "name": name},
             )
-            raise self.fatal
         return seq, entry
+
+    def _nondeterminism(self, message: str, **fields: Any) -> NoReturn:
+        self.fatal = NondeterminismError(message, run_id=self.run_id, **fields)
+        self.closed = True  # nothing more may be written by this execution
+        if not self._quiescent.done():
+            self._quiescent.set_result(None)
+        raise self.fatal
+
+    def _exit(self, control: BaseException) -> BaseException:
+        """Record why the engine stops this execution and wake the executor."""
+        if self.engine_exit is None:
+            self.engine_exit = control
+        self.closed = True
+        if not self._quiescent.done():
+            self._quiescent.set_result(None)
+        return control
 
     @property
     def seq(self) -> int:
@@ -125,18 +164,14 @@ class Context:
     async def _write(self, entry: NewEntry, **extra: Any) -> None:
         try:
             await self._store.append_entry(self._fence, entry, **extra)
-        except LeaseLostError:
-            self.closed = True
-            raise Abandon() from None
-        except StorageError:
-            self.closed = True
-            raise Abandon() from None
+        except StorageError:  # includes LeaseLostError: another worker owns the run now
+            raise self._exit(Abandon()) from None
 
     def _begin(self) -> None:
         if self.closed:
             raise Suspended()
         if self.draining:
-            raise Checkpoint()
+            raise self._exit(Checkpoint())
         self._inflight += 1
 
     def _end(self) -> None:
@@ -144,14 +179,72 @@ class Context:
         self._progress += 1
         if self._blocked:
             self._schedule_check()
+            if any(w.signal or w.child for w in self._blocked.values()):
+                self.refresh_soon()
+
+    def _deliver(self) -> int:
+        """Number a live completion, just before its write is queued (queue order is
+        commit order is the order in which the writers resume)."""
+        self._assigned += 1
+        return self._assigned
+
+    async def _turn(self, delivery: int | None, *, recorded: bool) -> None:
+        """Resume only when every earlier delivery has been handed back.
+
+        A recorded result is never handed back synchronously: like a live completion,
+        which arrives through the store's flush, it is released from a callback, so the
+        branches that are ready (say, the other arms of a gather) make their calls first,
+        exactly as they did when the result was live."""
+        if delivery is None:  # a journal written before deliveries were recorded
+            return
+        if recorded or delivery != self._released + 1:
+            future = asyncio.get_running_loop().create_future()
+            self._turns[delivery] = future
+            self._progress += 1
+            if recorded:
+                self._schedule_release()
+            self._schedule_check()
+            try:
+                await future
+            finally:
+                self._turns.pop(delivery, None)
+        self._released = delivery
+        self._progress += 1
+        following = self._turns.get(delivery + 1)
+        if following is not None and not following.done():
+            following.set_result(None)
+
+    def _schedule_release(self) -> None:
+        if not self._releasing:
+            self._releasing = True
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._releasing = False
+        future = self._turns.get(self._released + 1)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     # -- quiescence -------------------------------------------------------------------
-    async def _block(self, wait: _Wait) -> Any:
+    async def _block(self, wait: _Wait) -> None:
+        """Wait until something may have resolved ``wait`` (its timer fired, the mailbox
+        or a child changed); the caller then looks again. If instead every branch is idle,
+        the run is parked and this task dropped."""
+        loop = asyncio.get_running_loop()
+        wait.future = loop.create_future()
+        if wait.wake_at is not None:
+            delay = max(0.0, wait.wake_at - time.time())
+            wait.timer = loop.call_later(delay, _poke, wait)
         self._blocked[wait.seq] = wait
         self._progress += 1
         self._schedule_check()
-        # Never resolved in this execution: the run is suspended and this task dropped.
-        await asyncio.get_running_loop().create_future()
+        try:
+            await wait.future
+        finally:
+            if wait.timer is not None:
+                wait.timer.cancel()
+            self._blocked.pop(wait.seq, None)
+            self._progress += 1
 
     def _schedule_check(self) -> None:
         if not self._checking:
@@ -159,22 +252,62 @@ class Context:
             asyncio.get_running_loop().call_soon(self._check, self._progress, 0)
 
     def _check(self, progress: int, rounds: int) -> None:
-        if self._quiescent.done():
+        loop = asyncio.get_running_loop()
+        if self._quiescent.done() or self._inflight or not (self._blocked or self._turns):
+            self._checking = False
             return
-        if self._inflight or not self._blocked or progress != self._progress:
-            if self._inflight or not self._blocked:
-                self._checking = False
-                return
-            asyncio.get_running_loop().call_soon(self._check, self._progress, 0)
+        if progress != self._progress:
+            loop.call_soon(self._check, self._progress, 0)
             return
         if rounds < 3:  # let callbacks already queued (a branch waking up) run first
-            asyncio.get_running_loop().call_soon(self._check, progress, rounds + 1)
+            loop.call_soon(self._check, progress, rounds + 1)
             return
         self._checking = False
+        if self._turns:
+            # Branches wait for a recorded result that no branch will ever hand back.
+            missing = self._released + 1
+            entry = next((e for e in self._entries.values() if e.delivery == missing), None)
+            where = f"seq {entry.seq} ({entry.kind} {entry.name!r})" if entry else "?"
+            try:
+                self._nondeterminism(
+                    f"run {self.run_id!r}: the journal records a completed call at {where} "
+                    "that this execution never reached; the workflow code changed under a "
+                    "running run",
+                    seq=entry.seq if entry else None,
+                    recorded={"kind": entry.kind, "name": entry.name} if entry else None,
+                    expected=None,
+                )
+            except NondeterminismError:
+                pass
+            return
         self._quiescent.set_result(None)
 
     def waits(self) -> list[_Wait]:
         return list(self._blocked.values())
+
+    def refresh_soon(self) -> None:
+        """Look again at the mailbox and children (a signal arrived, a child finished)."""
+        if not self._refreshing and not self.closed:
+            self._refreshing = True
+            asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            waits = list(self._blocked.values())
+            if any(w.signal for w in waits):
+                self._mailbox = await self._store.list_signals(self.run_id)
+            for wait in waits:
+                if wait.child is not None:
+                    child = await self._store.get_run(wait.child)
+                    if child is not None:
+                        self._children[wait.child] = child
+            for wait in waits:
+                if wait.signal is not None or wait.child is not None:
+                    _poke(wait)
+        except StorageError:
+            pass  # the suspend transaction looks again anyway
+        finally:
+            self._refreshing = False
 
     # -- steps --------------------------------------------------------------------------
     def _call_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -189,10 +322,11 @@ class Context:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if entry is not None and entry.status is EntryStatus.COMPLETED:
+        if entry is not None and entry.status is not _WAITING:
+            await self._turn(entry.delivery, recorded=True)
+            if entry.status is EntryStatus.FAILED:
+                raise _step_error(step.name, seq, entry.error or {})
             return decode(entry.output, step.return_type)
-        if entry is not None and entry.status is EntryStatus.FAILED:
-            raise _step_error(step.name, seq, entry.error or {})
         input_json = dumps(
             {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
             what=f"arguments of step {step.name!r}",
@@ -210,36 +344,22 @@ class Context:
                 attempts = getattr(exc, "tether_attempts", 1)
             finally:
                 _current.reset(token)
+            if self.closed:
+                raise Suspended()
             if failure is None:
-                record = NewEntry(
-                    seq,
-                    "step",
-                    step.name,
-                    "completed",
-                    input_json,
-                    output_json,
-                    None,
-                    started,
-                    time.time(),
-                    attempts,
-                )
+                status, output, error_json = "completed", output_json, None
             else:
-                error = _error_dict(failure)
-                record = NewEntry(
-                    seq,
-                    "step",
-                    step.name,
-                    "failed",
-                    input_json,
-                    None,
-                    json.dumps(error),
-                    started,
-                    time.time(),
-                    attempts,
+                status, output, error_json = "failed", None, json.dumps(_error_dict(failure))
+            delivery = self._deliver()
+            await self._write(
+                NewEntry(
+                    seq, "step", step.name, status, input_json, output,
+                    error_json, started, time.time(), attempts, delivery,
                 )
-            await self._write(record)
+            )  # fmt: skip
         finally:
             self._end()
+        await self._turn(delivery, recorded=False)
         if failure is not None:
             raise _step_error(step.name, seq, _error_dict(failure)) from failure
         if type(value) in _JSON_SCALARS:  # its JSON round trip is the identity
@@ -250,55 +370,49 @@ class Context:
     def now(self) -> Awaitable[datetime]:
         """The current time, recorded: replay returns the same instant."""
         seq, entry = self._next("now", "now")
-        return self._recorded(seq, entry, "now", time.time, _to_datetime)
+        return self._recorded_value(seq, entry, "now", time.time, _to_datetime)
 
     def uuid(self) -> Awaitable[_uuid.UUID]:
         """A random UUID (version 4), recorded: replay returns the same one."""
         seq, entry = self._next("uuid", "uuid")
-        return self._recorded(seq, entry, "uuid", lambda: str(_uuid.uuid4()), _uuid.UUID)
+        return self._recorded_value(seq, entry, "uuid", lambda: str(_uuid.uuid4()), _uuid.UUID)
 
     def random(self) -> Awaitable[float]:
         """A random float in [0, 1), recorded: replay returns the same one."""
         seq, entry = self._next("random", "random")
-        return self._recorded(seq, entry, "random", _random.random, float)
+        return self._recorded_value(seq, entry, "random", _random.random, float)
 
-    async def _recorded(
+    async def _recorded_value(
         self, seq: int, entry: JournalEntry | None, kind: str, make: Any, convert: Any
     ) -> Any:
         if entry is not None:
+            await self._turn(entry.delivery, recorded=True)
             return convert(entry.output)
-        self._begin()
-        try:
-            value = make()
-            now = time.time()
-            await self._write(
-                NewEntry(seq, kind, kind, "completed", None, json.dumps(value), None, now, now)
-            )
-        finally:
-            self._end()
+        value = make()
+        await self._record(seq, kind, kind, "completed", None, value)
         return convert(value)
 
     # -- durable waits ------------------------------------------------------------------
     def sleep(self, seconds: float) -> Awaitable[None]:
         """Sleep durably: the wake-up time is recorded, so a restart neither restarts nor
         shortens the wait. The run holds no thread or memory while it sleeps."""
-        if not isinstance(seconds, int | float) or seconds != seconds:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
             raise TypeError(f"ctx.sleep() takes seconds as a number, not {seconds!r}")
         seq, entry = self._next("sleep", "sleep")
         return self._sleep(seq, entry, float(seconds))
 
     async def _sleep(self, seq: int, entry: JournalEntry | None, seconds: float) -> None:
-        if entry is not None and entry.status is EntryStatus.COMPLETED:
+        if entry is not None and entry.status is not _WAITING:
+            await self._turn(entry.delivery, recorded=True)
             return
         if entry is None:
             wake_at = time.time() + max(0.0, seconds)
             await self._record(seq, "sleep", "sleep", "waiting", {"seconds": seconds}, wake_at)
         else:
             wake_at = float(entry.output)
-        if time.time() >= wake_at:
-            await self._record(seq, "sleep", "sleep", "completed", None, wake_at)
-            return
-        await self._block(_Wait(seq, wake_at=wake_at))
+        while time.time() < wake_at:
+            await self._block(_Wait(seq, wake_at=wake_at))
+        await self._record(seq, "sleep", "sleep", "completed", None, wake_at)
 
     def wait_signal(self, name: str, timeout: float | None = None) -> Awaitable[Any]:
         """Wait for the next signal ``name`` sent to this run (``app.signal``). Signals sent
@@ -306,54 +420,52 @@ class Context:
         :class:`SignalTimeoutError` after ``timeout`` seconds, measured durably."""
         if not isinstance(name, str) or not name:
             raise TypeError("ctx.wait_signal() needs a signal name (a non-empty str)")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise TypeError(f"ctx.wait_signal() timeout must be seconds >= 0, not {timeout!r}")
         seq, entry = self._next("signal", name)
         return self._wait_signal(seq, entry, name, timeout)
 
     async def _wait_signal(
         self, seq: int, entry: JournalEntry | None, name: str, timeout: float | None
     ) -> Any:
-        if entry is not None and entry.status is EntryStatus.COMPLETED:
+        if entry is not None and entry.status is not _WAITING:
+            await self._turn(entry.delivery, recorded=True)
+            if entry.status is EntryStatus.FAILED:
+                raise SignalTimeoutError(
+                    f"no signal {name!r} within the timeout", run_id=self.run_id, seq=seq
+                )
             return entry.output
-        if entry is not None and entry.status is EntryStatus.FAILED:
-            raise SignalTimeoutError(
-                f"no signal {name!r} within the timeout", run_id=self.run_id, seq=seq
-            )
-        for signal in self._mailbox:
-            if signal.name == name and signal.id not in self._taken:
-                self._taken.add(signal.id)
-                self._begin()
-                try:
-                    now = time.time()
-                    await self._write(
-                        NewEntry(
-                            seq,
-                            "signal",
-                            name,
-                            "completed",
-                            None,
-                            json.dumps(signal.value),
-                            None,
-                            now,
-                            now,
-                        ),
-                        consume_signal=signal.id,
-                    )
-                finally:
-                    self._end()
-                return signal.value
         deadline: float | None = None
         if entry is None:
             deadline = None if timeout is None else time.time() + timeout
-            await self._record(seq, "signal", name, "waiting", {"timeout": timeout}, deadline)
+            if self._find_signal(name) is None:  # record the wait only if it will wait
+                await self._record(seq, "signal", name, "waiting", {"timeout": timeout}, deadline)
         elif entry.output is not None:
             deadline = float(entry.output)
-        if deadline is not None and time.time() >= deadline:
-            error = {"type": "SignalTimeoutError", "message": f"no signal {name!r}"}
-            await self._record(seq, "signal", name, "failed", None, None, error)
-            raise SignalTimeoutError(
-                f"no signal {name!r} within the timeout", run_id=self.run_id, seq=seq
-            )
-        return await self._block(_Wait(seq, wake_at=deadline, signal=name))
+        while True:
+            signal = self._find_signal(name)
+            if signal is not None:
+                self._taken.add(signal.id)
+                await self._record(
+                    seq, "signal", name, "completed", None, signal.value,
+                    consume_signal=signal.id,
+                )  # fmt: skip
+                return signal.value
+            if deadline is not None and time.time() >= deadline:
+                error = {"type": "SignalTimeoutError", "message": f"no signal {name!r}"}
+                await self._record(seq, "signal", name, "failed", None, None, error)
+                raise SignalTimeoutError(
+                    f"no signal {name!r} within the timeout", run_id=self.run_id, seq=seq
+                )
+            await self._block(_Wait(seq, wake_at=deadline, signal=name))
+
+    def _find_signal(self, name: str) -> Signal | None:
+        for signal in self._mailbox:
+            if signal.name == name and signal.id not in self._taken:
+                return signal
+        return None
 
     async def _record(
         self,
@@ -364,27 +476,31 @@ class Context:
         input: Any,
         output: Any,
         error: dict[str, Any] | None = None,
+        *,
         start_child: NewRun | None = None,
+        consume_signal: int | None = None,
     ) -> None:
+        """Write an entry; a sealed one (completed/failed) is a delivery and resumes the
+        caller in delivery order."""
+        sealed = status != "waiting"
         self._begin()
         try:
             now = time.time()
+            delivery = self._deliver() if sealed else None
             await self._write(
                 NewEntry(
-                    seq,
-                    kind,
-                    name,
-                    status,
+                    seq, kind, name, status,
                     None if input is None else json.dumps(input),
                     None if output is None else json.dumps(output),
                     None if error is None else json.dumps(error),
-                    now,
-                    None if status == "waiting" else now,
+                    now, now if sealed else None, 1, delivery,
                 ),
                 start_child=start_child,
-            )
+                consume_signal=consume_signal,
+            )  # fmt: skip
         finally:
             self._end()
+        await self._turn(delivery, recorded=False)
 
     # -- child runs ---------------------------------------------------------------------
     def child(
@@ -405,10 +521,11 @@ class Context:
         kwargs: dict[str, Any],
         run_id: str | None,
     ) -> Any:
-        if entry is not None and entry.status is EntryStatus.COMPLETED:
+        if entry is not None and entry.status is not _WAITING:
+            await self._turn(entry.delivery, recorded=True)
+            if entry.status is EntryStatus.FAILED:
+                raise _child_error(wf.name, seq, entry.error or {})
             return decode(entry.output, wf.return_type)
-        if entry is not None and entry.status is EntryStatus.FAILED:
-            raise _child_error(wf.name, seq, entry.error or {})
         if entry is None:
             child_id = run_id or f"{self.run_id}:{seq}"
             args_json = self._app._encode_args(wf, args, kwargs)
@@ -419,31 +536,22 @@ class Context:
             self._app._wake_worker()
         else:
             child_id = entry.input["run_id"]
-        child = self._children.get(child_id)
-        if child is not None and child.status.is_terminal:
-            if child.status.value == "succeeded":
-                result_json = json.dumps(child.result)
-                self._begin()
-                try:
-                    now = time.time()
-                    await self._write(
-                        NewEntry(
-                            seq, "child", wf.name, "completed", None, result_json, None, now, now
-                        )
-                    )
-                finally:
-                    self._end()
+        while True:
+            child = self._children.get(child_id)
+            if child is not None and child.status is RunStatus.SUCCEEDED:
+                await self._record(seq, "child", wf.name, "completed", None, child.result)
                 return decode(child.result, wf.return_type)
-            error = {
-                "type": "ChildRunFailedError",
-                "message": f"child run {child_id!r} {child.status.value}",
-                "child_run_id": child_id,
-                "child_status": child.status.value,
-                "child_error": child.error,
-            }
-            await self._record(seq, "child", wf.name, "failed", None, None, error)
-            raise _child_error(wf.name, seq, error)
-        return await self._block(_Wait(seq, child=child_id))
+            if child is not None and child.status.is_terminal:
+                error = {
+                    "type": "ChildRunFailedError",
+                    "message": f"child run {child_id!r} {child.status.value}",
+                    "child_run_id": child_id,
+                    "child_status": child.status.value,
+                    "child_error": child.error,
+                }
+                await self._record(seq, "child", wf.name, "failed", None, None, error)
+                raise _child_error(wf.name, seq, error)
+            await self._block(_Wait(seq, child=child_id))
 
     def _run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         context = contextvars.copy_context()
@@ -451,7 +559,13 @@ class Context:
         return asyncio.get_running_loop().create_task(coro, context=context)
 
 
+_WAITING = EntryStatus.WAITING
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _poke(wait: _Wait) -> None:
+    if wait.future is not None and not wait.future.done():
+        wait.future.set_result(None)
 
 
 def _to_datetime(value: float) -> datetime:

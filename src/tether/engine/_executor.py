@@ -30,7 +30,13 @@ class Outcome:
     ABANDONED = "abandoned"  # lease lost or storage failed: nothing more to write
 
 
-async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, Context]) -> str:
+async def execute_run(
+    app: App,
+    store: Store,
+    fence: Fence,
+    contexts: dict[str, Context],
+    draining: bool = False,
+) -> str:
     try:
         state = await store.load_state(fence.run_id)
     except StorageError:
@@ -44,6 +50,7 @@ async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, 
         return Outcome.FINISHED
 
     ctx = Context(app, fence, state, store)
+    ctx.draining = draining
     contexts[fence.run_id] = ctx
     try:
         try:
@@ -57,9 +64,12 @@ async def execute_run(app: App, store: Store, fence: Fence, contexts: dict[str, 
         except asyncio.CancelledError:
             await _stop(ctx, task)
             raise
-        if not task.done():  # every branch is blocked on a durable wait: park the run
-            return await _suspend(store, fence, ctx, task)
-        return await _conclude(app, store, fence, ctx, task)
+        if task.done() or ctx.engine_exit is not None or ctx.fatal is not None:
+            if not task.done():
+                await _stop(ctx, task)
+            return await _conclude(app, store, fence, ctx, task)
+        # Every branch is blocked on a durable wait: park the run.
+        return await _suspend(store, fence, ctx, task)
     finally:
         if contexts.get(fence.run_id) is ctx:
             del contexts[fence.run_id]
@@ -75,8 +85,8 @@ async def _stop(ctx: Context, task: asyncio.Task[Any]) -> None:
 
 
 async def _suspend(store: Store, fence: Fence, ctx: Context, task: asyncio.Task[Any]) -> str:
+    waits = ctx.waits()  # before stopping: a stopped branch forgets its wait
     await _stop(ctx, task)
-    waits = ctx.waits()
     timers = [w.wake_at for w in waits if w.wake_at is not None]
     try:
         await store.suspend_run(
@@ -94,8 +104,25 @@ async def _suspend(store: Store, fence: Fence, ctx: Context, task: asyncio.Task[
 async def _conclude(
     app: App, store: Store, fence: Fence, ctx: Context, task: asyncio.Task[Any]
 ) -> str:
-    exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-    if isinstance(exc, Abandon | Suspended | asyncio.CancelledError):
+    # The engine's own reasons come first: a workflow may have swallowed them (for
+    # example with gather(..., return_exceptions=True)) and "finished" regardless.
+    if isinstance(ctx.engine_exit, Checkpoint):
+        return Outcome.RELEASE
+    if ctx.engine_exit is not None:
+        return Outcome.ABANDONED
+    exc: BaseException | None
+    if task.cancelled():
+        if ctx.fatal is None and ctx.closed:
+            return Outcome.ABANDONED
+        if ctx.fatal is None:
+            # The workflow cancelled itself (an asyncio mistake, not ours): fail it
+            # rather than leave it to be claimed again and again.
+            error = {"type": "CancelledError", "message": "the workflow task was cancelled"}
+            return await _finish(store, fence, RunStatus.FAILED, error=error)
+        exc = None
+    else:
+        exc = task.exception()
+    if isinstance(exc, Abandon | Suspended):
         return Outcome.ABANDONED
     if isinstance(exc, Checkpoint):
         return Outcome.RELEASE

@@ -88,13 +88,14 @@ def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
         started_at=row[8],
         finished_at=row[9],
         attempts=row[10],
+        delivery=row[11],
     )
 
 
 _ENTRY_SELECT = """
 SELECT j.run_id, j.seq, j.kind, j.name, j.status,
        COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
-       j.started_at, j.finished_at, j.attempts
+       j.started_at, j.finished_at, j.attempts, j.delivery
 FROM journal j
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
@@ -353,12 +354,8 @@ class SQLiteStore:
     async def list_entries(self, run_id: str) -> list[JournalEntry]:
         return [_entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))]
 
-    async def load_state(self, run_id: str) -> RunState:
-        run = await self.get_run(run_id)
-        if run is None:
-            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-        entries = {row[1]: _entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
-        signals = [
+    async def list_signals(self, run_id: str) -> list[Signal]:
+        return [
             Signal(row[0], run_id, row[1], None if row[2] is None else json.loads(row[2]), row[3])
             for row in self._read(
                 "SELECT id, name, value, created_at FROM signals "
@@ -366,6 +363,13 @@ class SQLiteStore:
                 (run_id,),
             )
         ]
+
+    async def load_state(self, run_id: str) -> RunState:
+        run = await self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        entries = {row[1]: _entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
+        signals = await self.list_signals(run_id)
         children: dict[str, Run] = {}
         if any(e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()):
             rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_run_id = ?", (run_id,))
@@ -573,12 +577,12 @@ class SQLiteStore:
             # The fence check is part of the insert: a plain step is one statement.
             cur = conn.execute(
                 "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
-                "output, output_ref, error, started_at, finished_at, attempts) "
-                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
+                "output, output_ref, error, started_at, finished_at, attempts, delivery) "
+                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
                 "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
                 "output = excluded.output, output_ref = excluded.output_ref, "
                 "error = excluded.error, finished_at = excluded.finished_at, "
-                "attempts = excluded.attempts",
+                "attempts = excluded.attempts, delivery = excluded.delivery",
                 (
                     fence.run_id,
                     entry.seq,
@@ -593,6 +597,7 @@ class SQLiteStore:
                     entry.started_at,
                     entry.finished_at,
                     entry.attempts,
+                    entry.delivery,
                     fence.run_id,
                     fence.worker_id,
                     fence.fence,

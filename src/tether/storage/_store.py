@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._records import JournalEntry, Run, RunState, RunStatus
+from .._records import JournalEntry, Run, RunState, RunStatus, Signal
 
 __all__ = ["Fence", "NewEntry", "NewRun", "Store", "WorkerInfo"]
 
@@ -48,6 +48,7 @@ class NewEntry:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 1
+    delivery: int | None = None  # completion order within the run (see JournalEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,10 @@ class Store(Protocol):
         offset: int = 0,
     ) -> list[Run]: ...
     async def list_entries(self, run_id: str) -> list[JournalEntry]: ...
+    async def list_signals(self, run_id: str) -> list[Signal]:
+        """The run's mailbox: its unconsumed signals, oldest first."""
+        ...
+
     async def load_state(self, run_id: str) -> RunState:
         """The run, its journal, its unconsumed signals and its children's outcomes."""
         ...
