@@ -15,6 +15,8 @@ from tether import EntryStatus, LeaseLostError, RunIdConflictError, RunNotFoundE
 from tether.storage import Fence, NewEntry, NewRun, SQLiteStore, WorkerInfo
 from tether.storage._migrations import load_migrations
 
+WORKFLOWS = frozenset({"flow", "other", "wf"})
+
 ARGS = json.dumps({"args": [], "kwargs": {}})
 
 
@@ -39,7 +41,7 @@ def rows(store: SQLiteStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def claimed(store: SQLiteStore, run_id: str, worker: str = "w1") -> Fence:
     await store.create_run(NewRun(run_id, "flow", ARGS))
-    fences = await store.claim_runs(worker, 100, 30.0)
+    fences = await store.claim_runs(worker, 100, 30.0, WORKFLOWS)
     fence = next(f for f in fences if f.run_id == run_id)
     return fence
 
@@ -84,7 +86,7 @@ async def test_get_and_list_runs(store: SQLiteStore) -> None:
 async def test_claim_heartbeat_release(store: SQLiteStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.create_run(NewRun("r2", "flow", ARGS))
-    fences = await store.claim_runs("w1", 1, 30.0)
+    fences = await store.claim_runs("w1", 1, 30.0, WORKFLOWS)
     assert [f.run_id for f in fences] == ["r1"]  # oldest first, at most `limit`
     assert fences[0] == Fence("r1", "w1", 1)
     run = await store.get_run("r1")
@@ -96,8 +98,8 @@ async def test_claim_heartbeat_release(store: SQLiteStore) -> None:
     first_expiry = run.lease_expires_at
 
     # A second worker gets only what is left; a held lease is not claimable.
-    assert [f.run_id for f in await store.claim_runs("w2", 10, 30.0)] == ["r2"]
-    assert await store.claim_runs("w3", 10, 30.0) == []
+    assert [f.run_id for f in await store.claim_runs("w2", 10, 30.0, WORKFLOWS)] == ["r2"]
+    assert await store.claim_runs("w3", 10, 30.0, WORKFLOWS) == []
 
     await asyncio.sleep(0.01)
     assert await store.heartbeat("w1", ["r1"], 60.0) == {"r1"}
@@ -114,14 +116,14 @@ async def test_claim_heartbeat_release(store: SQLiteStore) -> None:
     assert run.status is RunStatus.PENDING
     assert run.lease_owner is None
     # Handed back: claimable at once, with a new fence.
-    again = await store.claim_runs("w3", 10, 30.0)
+    again = await store.claim_runs("w3", 10, 30.0, WORKFLOWS)
     assert again == [Fence("r1", "w3", 2)]
 
 
 async def test_heartbeat_renews_only_the_runs_named(store: SQLiteStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.create_run(NewRun("r2", "flow", ARGS))
-    await store.claim_runs("w1", 10, 30.0)
+    await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
     before = {r.run_id: r.lease_expires_at for r in await store.list_runs()}
     await asyncio.sleep(0.01)
     assert await store.heartbeat("w1", ["r2"], 60.0) == {"r2"}
@@ -133,10 +135,10 @@ async def test_heartbeat_renews_only_the_runs_named(store: SQLiteStore) -> None:
 
 async def test_expired_lease_is_claimed_by_another_worker(store: SQLiteStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
-    [old] = await store.claim_runs("w1", 10, 0.02)
-    assert await store.claim_runs("w2", 10, 30.0) == []
+    [old] = await store.claim_runs("w1", 10, 0.02, WORKFLOWS)
+    assert await store.claim_runs("w2", 10, 30.0, WORKFLOWS) == []
     await asyncio.sleep(0.05)
-    [new] = await store.claim_runs("w2", 10, 30.0)
+    [new] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
     assert new.fence == old.fence + 1
     assert await store.heartbeat("w1", ["r1"], 30.0) == set()  # w1 learns it lost the run
     assert await store.heartbeat("w2", ["r1"], 30.0) == {"r1"}
@@ -151,10 +153,10 @@ async def test_dead_local_worker_leases_are_expired_at_once(store: SQLiteStore) 
         await store.register_worker(info)
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.create_run(NewRun("r2", "flow", ARGS))
-    await store.claim_runs("dead", 1, 3600.0)
-    await store.claim_runs("far", 1, 3600.0)
+    await store.claim_runs("dead", 1, 3600.0, WORKFLOWS)
+    await store.claim_runs("far", 1, 3600.0, WORKFLOWS)
     assert await store.expire_dead_local_workers(me) == 1
-    assert [f.run_id for f in await store.claim_runs("me", 10, 30.0)] == ["r1"]
+    assert [f.run_id for f in await store.claim_runs("me", 10, 30.0, WORKFLOWS)] == ["r1"]
     workers = {r[0] for r in rows(store, "SELECT worker_id FROM workers")}
     assert workers == {"me", "far"}
     await store.unregister_worker("me")
@@ -164,9 +166,9 @@ async def test_dead_local_worker_leases_are_expired_at_once(store: SQLiteStore) 
 # -- fencing ----------------------------------------------------------------------------
 async def test_stale_fence_writes_nothing(store: SQLiteStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
-    [stale] = await store.claim_runs("w1", 10, 0.01)
+    [stale] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
     await asyncio.sleep(0.03)
-    [current] = await store.claim_runs("w2", 10, 30.0)
+    [current] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
     assert current.fence == stale.fence + 1
 
     with pytest.raises(LeaseLostError) as info:
@@ -204,9 +206,9 @@ async def test_stale_fence_writes_nothing(store: SQLiteStore) -> None:
 
 async def test_stale_writer_does_not_spoil_a_batch(store: SQLiteStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
-    [stale] = await store.claim_runs("w1", 10, 0.01)
+    [stale] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
     await asyncio.sleep(0.03)
-    await store.claim_runs("w2", 10, 30.0)
+    await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
     good = await claimed(store, "r2")
     commits = store.commits
     results = await asyncio.gather(
@@ -267,7 +269,7 @@ async def test_group_commit_batches_concurrent_runs(store: SQLiteStore) -> None:
     n = 20
     for i in range(n):
         await store.create_run(NewRun(f"r{i}", "flow", ARGS))
-    fences = await store.claim_runs("w1", n, 30.0)
+    fences = await store.claim_runs("w1", n, 30.0, WORKFLOWS)
     assert len(fences) == n
     before = store.commits
     await asyncio.gather(*(store.append_entry(f, step_entry(1, f.run_id)) for f in fences))
@@ -345,9 +347,9 @@ async def test_suspend_parks_the_run_and_a_signal_wakes_it(store: SQLiteStore) -
     assert run.status is RunStatus.WAITING
     assert run.lease_owner is None
     assert run.wake_at is None
-    assert await store.claim_runs("w1", 10, 30.0) == []
+    assert await store.claim_runs("w1", 10, 30.0, WORKFLOWS) == []
     await store.send_signal("r1", "go", "1")
-    [again] = await store.claim_runs("w1", 10, 30.0)
+    [again] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
     assert again.fence == fence.fence + 1
 
 
@@ -361,7 +363,7 @@ async def test_suspend_wakes_at_once_when_a_signal_is_already_there(store: SQLit
     assert run is not None
     assert run.status is RunStatus.WAITING
     assert run.wake_at is not None and run.wake_at <= time.time()
-    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0)] == ["r1"]
+    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["r1"]
 
 
 async def test_suspend_ignores_signals_of_other_names(store: SQLiteStore) -> None:
@@ -370,7 +372,7 @@ async def test_suspend_ignores_signals_of_other_names(store: SQLiteStore) -> Non
     await store.suspend_run(
         fence, wake_at=None, signal_names=frozenset({"go"}), child_ids=frozenset()
     )
-    assert await store.claim_runs("w1", 10, 30.0) == []
+    assert await store.claim_runs("w1", 10, 30.0, WORKFLOWS) == []
 
 
 async def test_suspend_with_a_timer(store: SQLiteStore) -> None:
@@ -378,9 +380,9 @@ async def test_suspend_with_a_timer(store: SQLiteStore) -> None:
     wake = time.time() + 0.05
     await store.suspend_run(fence, wake_at=wake, signal_names=frozenset(), child_ids=frozenset())
     assert await store.next_wake_at() == pytest.approx(wake)
-    assert await store.claim_runs("w1", 10, 30.0) == []
+    assert await store.claim_runs("w1", 10, 30.0, WORKFLOWS) == []
     await asyncio.sleep(0.08)
-    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0)] == ["r1"]
+    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["r1"]
 
 
 async def test_child_is_started_with_the_entry_and_wakes_the_parent(store: SQLiteStore) -> None:
@@ -397,10 +399,10 @@ async def test_child_is_started_with_the_entry_and_wakes_the_parent(store: SQLit
     await store.suspend_run(
         parent, wake_at=None, signal_names=frozenset(), child_ids=frozenset({"p:1"})
     )
-    [child_fence] = await store.claim_runs("w2", 10, 30.0)
+    [child_fence] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
     assert child_fence.run_id == "p:1"
     await store.finish_run(child_fence, RunStatus.SUCCEEDED, result_json='"done"')
-    [again] = await store.claim_runs("w1", 10, 30.0)
+    [again] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
     assert again.run_id == "p"
     state = await store.load_state("p")
     assert state.children["p:1"].status is RunStatus.SUCCEEDED
@@ -429,13 +431,13 @@ async def test_suspend_wakes_at_once_when_a_child_already_ended(store: SQLiteSto
         NewEntry(1, "child", "flow", "waiting", json.dumps({"run_id": "p:1"})),
         start_child=NewRun("p:1", "flow", ARGS, "p", 1),
     )
-    [child_fence] = await store.claim_runs("w2", 10, 30.0)
+    [child_fence] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
     # The child ends while the parent is still running: _wake_parent has nothing to wake.
     await store.finish_run(child_fence, RunStatus.FAILED, error_json='{"type": "E"}')
     await store.suspend_run(
         parent, wake_at=None, signal_names=frozenset(), child_ids=frozenset({"p:1"})
     )
-    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0)] == ["p"]
+    assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["p"]
 
 
 async def test_cancel_cascades_to_unfinished_descendants(store: SQLiteStore) -> None:
@@ -443,7 +445,7 @@ async def test_cancel_cascades_to_unfinished_descendants(store: SQLiteStore) -> 
     await store.create_run(NewRun("c1", "flow", ARGS, "p", 1))
     await store.create_run(NewRun("c2", "flow", ARGS, "p", 2))
     await store.create_run(NewRun("g1", "flow", ARGS, "c1", 1))
-    fences = {f.run_id: f for f in await store.claim_runs("w", 10, 30.0)}
+    fences = {f.run_id: f for f in await store.claim_runs("w", 10, 30.0, WORKFLOWS)}
     await store.finish_run(fences["c2"], RunStatus.SUCCEEDED, result_json="1")
     await store.cancel_run("p", "enough")
     statuses = {r.run_id: r.status for r in await store.list_runs()}
@@ -529,5 +531,20 @@ async def test_a_failing_write_does_not_fail_its_batch_neighbours(tmp_path: Path
         assert not isinstance(results[2], BaseException)
         assert await store.get_run("a") is not None
         assert await store.get_run("b") is not None
+    finally:
+        await store.close()
+
+
+async def test_claim_takes_only_the_workflows_it_is_given(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path}/filter.db")
+    await store.open()
+    try:
+        await store.create_run(NewRun("old", "checkout", "{}"))
+        await store.create_run(NewRun("new", "refund", "{}"))
+        fences = await store.claim_runs("w1", 10, 30.0, frozenset({"checkout"}))
+        assert [f.run_id for f in fences] == ["old"]
+        assert await store.pending_workflows() == {"refund"}
+        refund = await store.get_run("new")
+        assert refund is not None and refund.status is RunStatus.PENDING
     finally:
         await store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -1194,7 +1195,11 @@ async def test_unknown_workflow_at_start(db_url: str) -> None:
     await app.close()
 
 
-async def test_resuming_app_without_the_workflow_needs_attention(db_url: str) -> None:
+async def test_a_worker_without_the_workflow_leaves_its_runs_for_one_that_has_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rolling deploy: a run of a workflow this worker does not register is not claimed
+    (and so not failed); the worker says so once, and a worker that has it runs it."""
     app1 = App(db_url)
 
     @app1.workflow
@@ -1202,7 +1207,6 @@ async def test_resuming_app_without_the_workflow_needs_attention(db_url: str) ->
         return 1
 
     await app1.start(flow, run_id="r1")  # no worker: stays pending
-    assert (await app1.get_run("r1")).status is RunStatus.PENDING
     await app1.close()
 
     app2 = App(db_url, poll_interval=0.02)
@@ -1211,14 +1215,22 @@ async def test_resuming_app_without_the_workflow_needs_attention(db_url: str) ->
     async def something_else(ctx: Context) -> int:
         return 2
 
-    async with app2:
-        run = await wait_status(app2, "r1", RunStatus.NEEDS_ATTENTION)
-        assert run.error is not None
-        assert run.error["type"] == "UnknownWorkflowError"
-        assert "'flow'" in run.error["message"]
-        with pytest.raises(RunNeedsAttentionError, match="UnknownWorkflowError"):
-            await app2.handle("r1").result(timeout=1)
-        await assert_not_reclaimed(app2, "r1")
+    with caplog.at_level(logging.WARNING, logger="tether.worker"):
+        async with app2:
+            await asyncio.sleep(0.3)
+            run = await app2.get_run("r1")
+            assert run.status is RunStatus.PENDING and run.attempts == 0
+    warnings = [r.getMessage() for r in caplog.records if "'flow'" in r.getMessage()]
+    assert len(warnings) == 1 and "does not register it" in warnings[0]
+
+    app3 = App(db_url, poll_interval=0.02)
+
+    @app3.workflow(name="flow")
+    async def flow_again(ctx: Context) -> int:
+        return 3
+
+    async with app3:
+        assert await app3.handle("r1").result(timeout=10) == 3
 
 
 async def test_unserializable_workflow_argument_stores_nothing(db_url: str) -> None:

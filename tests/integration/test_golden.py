@@ -112,7 +112,7 @@ async def test_golden_journal_replays_without_executing(tmp_path: Path) -> None:
                 run["parent_seq"],
             )
         )
-    fences = await store.claim_runs("loader", 100, 60)
+    fences = await store.claim_runs("loader", 100, 60, frozenset({"order", "part"}))
     by_id = {f.run_id: f for f in fences}
     for run in golden["runs"]:
         for e in run["entries"]:

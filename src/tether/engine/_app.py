@@ -329,8 +329,8 @@ class App:
         store = await self._ensure_open()
         if run_id is None:
             run_id = os.urandom(8).hex()
-        elif not isinstance(run_id, str) or not run_id or len(run_id) > 200:
-            raise TetherError("run_id must be a non-empty string of at most 200 characters")
+        else:
+            _check_text("run_id", run_id)
         _, created = await store.create_run(NewRun(run_id, definition.name, args_json))
         if created:
             self._wake_worker()
@@ -370,12 +370,13 @@ class App:
 
     async def signal(self, run_id: str, name: str, value: Any = None) -> None:
         """Deliver ``value`` to the run's mailbox under ``name``; a run waiting on it wakes."""
-        if not isinstance(name, str) or not name:
-            raise TetherError("a signal needs a name (a non-empty string)")
+        _check_text("signal name", name)
         value_json = dumps(value, what=f"value of signal {name!r}")
         store = await self._ensure_open()
         await store.send_signal(run_id, name, value_json)
-        self._wake_worker()
+        if self._worker is not None:
+            self._worker.poke(run_id)  # a run executing here sees the signal at once
+            self._worker.wake()
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
         """Cancel the run and its unfinished children. A step in flight finishes, but
@@ -387,6 +388,15 @@ class App:
             self._worker.wake()
         self._notify(run_id)
         return run
+
+
+def _check_text(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise TetherError(f"{what} must be a non-empty string of at most 200 characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TetherError(f"{what} {value!r} is not valid UTF-8 text") from None
 
 
 _POSITIONAL = (

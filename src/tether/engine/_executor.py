@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import NondeterminismError, SerializationError, StorageError, TetherError
@@ -35,7 +36,7 @@ async def execute_run(
     store: Store,
     fence: Fence,
     contexts: dict[str, Context],
-    draining: bool = False,
+    draining: Callable[[], bool] = lambda: False,
 ) -> str:
     try:
         state = await store.load_state(fence.run_id)
@@ -50,7 +51,7 @@ async def execute_run(
         return Outcome.FINISHED
 
     ctx = Context(app, fence, state, store)
-    ctx.draining = draining
+    ctx.draining = draining()  # a run claimed just as the worker began to stop
     contexts[fence.run_id] = ctx
     try:
         try:
@@ -73,6 +74,9 @@ async def execute_run(
     finally:
         if contexts.get(fence.run_id) is ctx:
             del contexts[fence.run_id]
+        parent = contexts.get(state.run.parent_run_id or "")
+        if parent is not None:  # the parent runs here: let it see this child's end now
+            parent.refresh_soon()
 
 
 async def _stop(ctx: Context, task: asyncio.Task[Any]) -> None:
@@ -104,6 +108,8 @@ async def _suspend(store: Store, fence: Fence, ctx: Context, task: asyncio.Task[
 async def _conclude(
     app: App, store: Store, fence: Fence, ctx: Context, task: asyncio.Task[Any]
 ) -> str:
+    if not task.cancelled():
+        task.exception()  # retrieved here, whatever follows, so asyncio does not log it
     # The engine's own reasons come first: a workflow may have swallowed them (for
     # example with gather(..., return_exceptions=True)) and "finished" regardless.
     if isinstance(ctx.engine_exit, Checkpoint):
@@ -122,7 +128,7 @@ async def _conclude(
         exc = None
     else:
         exc = task.exception()
-    if isinstance(exc, Abandon | Suspended):
+    if isinstance(exc, Abandon | Suspended) and ctx.fatal is None:
         return Outcome.ABANDONED
     if isinstance(exc, Checkpoint):
         return Outcome.RELEASE

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from .._errors import StorageError
+from .._errors import StorageError, UnknownWorkflowError
 from .._records import RunStatus
 from ..storage import Fence, Store, WorkerInfo
 from ..storage import _procs as procs
@@ -62,6 +62,8 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._last_expiry = 0.0
+        self._last_unknown_check = 0.0
+        self._warned: set[str] = set()
         self.claimed = 0
 
     @property
@@ -79,6 +81,12 @@ class Worker:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def poke(self, run_id: str) -> None:
+        """A signal arrived for a run: if it executes here, let it look at once."""
+        ctx = self.contexts.get(run_id)
+        if ctx is not None:
+            ctx.refresh_soon()
 
     def cancel_local(self, run_id: str) -> None:
         """The run was cancelled or its lease lost: stop executing it here."""
@@ -105,7 +113,11 @@ class Worker:
             return 0
         if time.monotonic() - self._last_expiry > 1.0:
             await self._expire_dead()
-        fences = await self.store.claim_runs(self.worker_id, room, self.lease_seconds)
+        # Only workflows this App has: during a rolling deploy, a run of a workflow that
+        # only the new version knows waits for a new worker instead of failing here.
+        fences = await self.store.claim_runs(
+            self.worker_id, room, self.lease_seconds, frozenset(self.app.workflows)
+        )
         for fence in fences:
             self.claimed += 1
             task = asyncio.create_task(self._execute(fence), name=f"tether-run-{fence.run_id}")
@@ -120,7 +132,9 @@ class Worker:
     async def _execute(self, fence: Fence) -> str:
         outcome = Outcome.ABANDONED
         try:
-            outcome = await execute_run(self.app, self.store, fence, self.contexts)
+            outcome = await execute_run(
+                self.app, self.store, fence, self.contexts, lambda: self._stopping
+            )
             return outcome
         except asyncio.CancelledError:
             return Outcome.ABANDONED
@@ -156,12 +170,17 @@ class Worker:
             try:
                 claimed = await self._claim()
                 backoff = 0.0
+                if self._stopping:
+                    break
                 if claimed and len(self.active) < self.max_concurrency:
                     continue  # there may be more
                 timeout = self.poll_interval
-                next_wake = await self.store.next_wake_at()
-                if next_wake is not None:
-                    timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
+                if len(self.active) < self.max_concurrency:
+                    # (At capacity a due timer cannot be claimed anyway: wait for a slot.)
+                    next_wake = await self.store.next_wake_at()
+                    if next_wake is not None:
+                        timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
+                await self._warn_unknown_workflows()
             except StorageError as exc:
                 backoff = min(5.0, max(0.1, backoff * 2))
                 log.warning("claiming failed (%s); retrying in %.1f s", exc, backoff)
@@ -171,6 +190,24 @@ class Worker:
             except TimeoutError:
                 pass
             self._wakeup.clear()
+
+    async def _warn_unknown_workflows(self) -> None:
+        now = time.monotonic()
+        if now - self._last_unknown_check < 10.0:
+            return
+        self._last_unknown_check = now
+        names = await self.store.pending_workflows()
+        for name in sorted(names - set(self.app.workflows) - self._warned):
+            self._warned.add(name)
+            log.warning(
+                "%s",
+                UnknownWorkflowError(
+                    f"runs of workflow {name!r} are pending, but this worker does not register "
+                    "it; they wait for a worker that does (register it with @app.workflow in "
+                    "the module the worker imports)",
+                    workflow=name,
+                ),
+            )
 
     async def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
@@ -196,13 +233,17 @@ class Worker:
         stop every run at its next durable call; hand the runs back for another worker."""
         self._stopping = True
         self._wakeup.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        claim_loop, heartbeat = self._tasks or (None, None)
+        if claim_loop is not None:
+            # Not cancelled: a claim being committed right now must be seen through, or
+            # its runs would stay leased by a worker that is gone.
             try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+                await claim_loop
+            except asyncio.CancelledError:
+                if not claim_loop.cancelled():  # we are being cancelled ourselves
+                    raise
+            except Exception:
+                log.exception("claim loop failed")
         for ctx in self.contexts.values():
             ctx.draining = True
         if self.active:
@@ -216,6 +257,14 @@ class Worker:
                 await self.store.release_runs(self.worker_id, leftover)
             except StorageError as exc:
                 log.warning("could not hand back runs at shutdown: %s", exc)
+        # The heartbeat ran through the grace period, so no lease expired under a step
+        # that was finishing.
+        if heartbeat is not None:
+            heartbeat.cancel()
+            try:
+                await heartbeat
+            except (asyncio.CancelledError, Exception):
+                pass
         try:
             await self.store.unregister_worker(self.worker_id)
         except StorageError as exc:

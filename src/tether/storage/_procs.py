@@ -36,19 +36,24 @@ def pid_start(pid: int) -> str:
 
 
 def alive(pid: int, start: str) -> bool:
+    """Whether the process that held a lease still runs. Only a proven death counts:
+    without /proc (macOS, BSD) a process that answers kill(0) is taken to be alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    current = pid_start(pid)
-    # A zombie still answers kill(0); treat it (state Z) as dead.
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()
-        if stat[stat.rfind(")") + 2 :].split()[0] == "Z":
-            return False
+    except FileNotFoundError:
+        # It exited between kill(0) and here, or there is no /proc at all.
+        return not os.path.isdir("/proc/self")
     except OSError:
+        return True
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields and fields[0] == "Z":  # a zombie still answers kill(0): it is dead
         return False
+    current = fields[19] if len(fields) > 19 else ""
     return not start or not current or current == start

@@ -242,7 +242,7 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as db_error:
+        except Exception as db_error:  # sqlite3.Error, or a value the driver cannot bind
             if begun and len(batch) > 1:
                 # One bad write must not fail its neighbours: commit each on its own.
                 # (Not when BEGIN failed: the database as a whole is unavailable.)
@@ -255,7 +255,11 @@ class SQLiteStore:
                 for item in batch:
                     self._queue_one(item)
                 return
-            error = StorageError(f"{self.path}: write failed: {db_error}")
+            error = (
+                StorageError(f"{self.path}: write failed: {db_error}")
+                if isinstance(db_error, sqlite3.Error)
+                else TetherError(f"cannot store this value: {db_error}")
+            )
             error.__cause__ = db_error
             for _, future in batch:
                 if not future.done():
@@ -459,7 +463,11 @@ class SQLiteStore:
         dead = [
             row[0]
             for row in rows
-            if row[0] != me.worker_id and (row[1] != me.boot_id or not _procs.alive(row[2], row[3]))
+            if row[0] != me.worker_id
+            and (
+                (row[1] != me.boot_id and "unknown" not in (row[1], me.boot_id))
+                or (row[1] == me.boot_id and not _procs.alive(row[2], row[3]))
+            )
         ]
         if not dead:
             return 0
@@ -477,7 +485,18 @@ class SQLiteStore:
 
         return await self._write(op)
 
-    async def claim_runs(self, worker_id: str, limit: int, lease_seconds: float) -> list[Fence]:
+    async def pending_workflows(self) -> set[str]:
+        rows = self._read("SELECT DISTINCT workflow FROM runs WHERE status = 'pending'")
+        return {row[0] for row in rows}
+
+    async def claim_runs(
+        self, worker_id: str, limit: int, lease_seconds: float, workflows: frozenset[str]
+    ) -> list[Fence]:
+        if not workflows:
+            return []
+        names = sorted(workflows)
+        marks = ", ".join("?" * len(names))
+
         def op(conn: sqlite3.Connection) -> list[Fence]:
             now = time.time()
             rows = conn.execute(
@@ -485,14 +504,14 @@ class SQLiteStore:
                 "fence = fence + 1, attempts = attempts + 1, wake_at = NULL, updated_at = ? "
                 "WHERE run_id IN ("
                 " SELECT run_id FROM ("
-                "  SELECT run_id, created_at FROM runs WHERE status = 'pending'"
-                "  UNION ALL SELECT run_id, created_at FROM runs"
+                "  SELECT run_id, workflow, created_at FROM runs WHERE status = 'pending'"
+                "  UNION ALL SELECT run_id, workflow, created_at FROM runs"
                 "   WHERE status = 'waiting' AND wake_at <= ?"
-                "  UNION ALL SELECT run_id, created_at FROM runs"
+                "  UNION ALL SELECT run_id, workflow, created_at FROM runs"
                 "   WHERE status = 'running' AND lease_expires_at < ?"
-                " ) ORDER BY created_at LIMIT ?) "
+                f" ) WHERE workflow IN ({marks}) ORDER BY created_at LIMIT ?) "
                 "RETURNING run_id, fence",
-                (worker_id, now + lease_seconds, now, now, now, limit),
+                (worker_id, now + lease_seconds, now, now, now, *names, limit),
             ).fetchall()
             return [Fence(row[0], worker_id, row[1]) for row in rows]
 

@@ -102,7 +102,15 @@ class Store(Protocol):
         """Expire at once the leases of workers on this host whose process is gone."""
         ...
 
-    async def claim_runs(self, worker_id: str, limit: int, lease_seconds: float) -> list[Fence]: ...
+    async def claim_runs(
+        self, worker_id: str, limit: int, lease_seconds: float, workflows: frozenset[str]
+    ) -> list[Fence]:
+        """Claim up to ``limit`` runnable runs of the given workflows."""
+        ...
+
+    async def pending_workflows(self) -> set[str]:
+        """The workflows of runs waiting to be claimed."""
+        ...
 
     async def heartbeat(self, worker_id: str, run_ids: list[str], lease_seconds: float) -> set[str]:
         """Extend the leases of the runs this worker is executing; return those it still
