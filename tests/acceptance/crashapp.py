@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve()
 # after the side effect, or after the body returned but before the commit of its entry.
 PHASES = ("before", "after", "commit")
 
-PROP_LABELS = tuple(f"p{i}" for i in range(1, 10))
+PROP_LABELS = tuple(f"p{i}" for i in range(1, 14))
 
 
 # -- fault injection (child side) --------------------------------------------------------
@@ -216,9 +216,18 @@ def build_app(db_url: str, *, lease_seconds: float = 30.0, **options: Any) -> Ap
         echoed = await echo("p5", tag)
         e, f, g = await asyncio.gather(work("p6", d), work("p7", d + 1), work("p8", d + 2))
         h = await work("p9", (e + f + g) % 2_147_483_647)
+
+        # Branches of two calls each: the sync first call (thread pool) finishes after
+        # the async one, so the branches' second calls take seqs out of branch order, and
+        # replay must hand results back in that same (delivery) order.
+        async def branch(first: str, second: str, x: int, sync: bool) -> int:
+            y = await (work_sync(first, x) if sync else work(first, x))
+            return await work(second, y)
+
+        i, j = await asyncio.gather(branch("p10", "p11", h, True), branch("p12", "p13", h, False))
         # A uuid that were not recorded would differ after a crash from the one the
         # (already committed) echo step returned.
-        return {"value": h, "uuid_consistent": echoed == tag}
+        return {"value": h, "branches": [i, j], "uuid_consistent": echoed == tag}
 
     return app
 

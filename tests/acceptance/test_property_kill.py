@@ -1,12 +1,13 @@
 """A run SIGKILLed at arbitrary points ends like an uninterrupted run (hypothesis).
 
-Each example kills the process running one run of ``prop`` (nine steps, two of them
-``asyncio.gather`` groups, one sync step, a recorded ``ctx.uuid()``) at up to three points,
-each a step and a phase: inside the body before its side effect, inside the body after it,
-or after the body returned but before the commit that seals its entry. After each kill a
-new process resumes the run. Every life is audited against the journal as it stood before
-and after it: a step committed before a life began must not run in it, and the only steps
-that may run again are those a kill caught in flight.
+Each example kills the process running one run of ``prop`` (thirteen steps, three
+``asyncio.gather`` groups, one of them of branches with two calls each, sync steps, a
+recorded ``ctx.uuid()``) at up to three points, each a step and a phase: inside the body
+before its side effect, inside the body after it, or after the body returned but before the
+commit that seals its entry. After each kill a new process resumes the run. Every life is
+audited against the journal as it stood before and after it: a step committed before a
+life began must not run in it, and the only steps that may run again are those a kill
+caught in flight.
 """
 
 from __future__ import annotations
@@ -123,6 +124,6 @@ def test_killed_at_arbitrary_points_ends_like_an_uninterrupted_run(
             assert counts[label] == 1 + in_flight[label], (label, counts, in_flight, plan)
         final = snapshot(db_url, "p")
         assert final.run is not None and final.run.status == "succeeded"
-        assert [e.seq for e in final.entries] == list(range(1, 11))
+        assert [e.seq for e in final.entries] == list(range(1, 15))
         assert all(e.status == "completed" for e in final.entries)
         assert [e.kind for e in final.entries].count("uuid") == 1
