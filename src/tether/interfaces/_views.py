@@ -58,6 +58,7 @@ def entry_view(entry: JournalEntry) -> dict[str, Any]:
         "finished_at": iso_time(entry.finished_at),
         "duration_ms": duration_ms(entry),
         "attempts": entry.attempts,
+        "delivery": entry.delivery,
     }
 
 
