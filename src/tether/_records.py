@@ -93,6 +93,10 @@ class JournalEntry:
     # The order in which the run resumed from its completed calls; replay releases
     # recorded results in this order so concurrent branches renumber identically.
     delivery: int | None = None
+    # How many completions had been handed back when this call was made.
+    after_delivery: int | None = None
+    # Where the seq counter stood when that completion resumed the run.
+    after_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

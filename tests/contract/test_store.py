@@ -379,7 +379,7 @@ async def test_suspend_with_a_timer(store: SQLiteStore) -> None:
     fence = await claimed(store, "r1")
     wake = time.time() + 0.05
     await store.suspend_run(fence, wake_at=wake, signal_names=frozenset(), child_ids=frozenset())
-    assert await store.next_wake_at() == pytest.approx(wake)
+    assert await store.next_wake_at(WORKFLOWS) == pytest.approx(wake)
     assert await store.claim_runs("w1", 10, 30.0, WORKFLOWS) == []
     await asyncio.sleep(0.08)
     assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["r1"]

@@ -128,6 +128,7 @@ class App:
         self._worker: Worker | None = None
         self._opened = False
         self._watchers: dict[str, asyncio.Event] = {}
+        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.database_url!r}>"
@@ -261,10 +262,22 @@ class App:
             await self._worker.start()
 
     async def close(self) -> None:
-        """Stop the worker gracefully (runs are handed back, not lost) and close storage."""
+        """Stop the worker gracefully (runs are handed back, not lost) and close storage.
+        Concurrent calls (a SIGTERM handler and ``async with``) share one shutdown."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        closing = self._closing
+        try:
+            await asyncio.shield(closing)
+        finally:
+            if closing.done() and self._closing is closing:
+                self._closing = None
+
+    async def _close(self) -> None:
         if self._worker is not None:
-            worker, self._worker = self._worker, None
+            worker = self._worker
             await worker.stop()
+            self._worker = None
         if self._opened:
             await self._store.close()
             self._opened = False

@@ -15,6 +15,7 @@ import json
 import random as _random
 import time
 import uuid as _uuid
+import weakref
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from .._records import EntryStatus, JournalEntry, RunState, RunStatus, Signal
 from .._serde import decode, dumps
 from ..storage import Fence, NewEntry, NewRun, Store
 from ._control import Abandon, Checkpoint, Suspended
+from ._order import DeliveryOrder
 from ._registry import StepDef, WorkflowDef
 from ._retry import call_step
 
@@ -91,16 +93,12 @@ class Context:
         self._taken: set[int] = set()
         self._children = dict(state.children)
         self._seq = 0
-        # Delivery order (see the class docstring). Invariant: _released <= _assigned;
-        # recorded deliveries are 1.._recorded and live ones are numbered after them.
-        self._recorded = max(
-            (e.delivery or 0 for e in state.entries.values() if e.status is not _WAITING),
-            default=0,
-        )
-        self._assigned = self._recorded
-        self._released = 0
-        self._turns: dict[int, asyncio.Future[None]] = {}
-        self._releasing = False
+        # Delivery order (see _order.py); `_after[seq]`: deliveries handed back when the
+        # call at seq was made.
+        self._order = DeliveryOrder(state.entries.values(), lambda: self._seq)
+        self._after: dict[int, int] = {}
+        self._after_seq: dict[int, int] = {}
+        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         # Quiescence: the run parks once every branch is blocked on a wait (or on a turn)
         # and nothing executes. `_progress` moves on every durable call or completion.
         self._inflight = 0
@@ -127,6 +125,13 @@ class Context:
         self._seq += 1
         self._progress += 1
         seq = self._seq
+        released = self._order.released
+        self._after[seq] = released
+        self._after_seq[seq] = self._order.resumed_at(released)
+        self._order.after_call()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         entry = self._entries.get(seq)
         if entry is not None and (entry.kind != kind or entry.name != name):
             self._nondeterminism(
@@ -177,53 +182,54 @@ class Context:
     def _end(self) -> None:
         self._inflight -= 1
         self._progress += 1
-        if self._blocked:
+        if self._blocked or self._order.waiting:
             self._schedule_check()
-            if any(w.signal or w.child for w in self._blocked.values()):
-                self.refresh_soon()
+        if any(w.signal or w.child for w in self._blocked.values()):
+            self.refresh_soon()
 
-    def _deliver(self) -> int:
-        """Number a live completion, just before its write is queued (queue order is
-        commit order is the order in which the writers resume)."""
-        self._assigned += 1
-        return self._assigned
+    def _entry(
+        self,
+        seq: int,
+        kind: str,
+        name: str,
+        status: str,
+        input_json: str | None,
+        output_json: str | None,
+        error_json: str | None,
+        started_at: float | None,
+        finished_at: float | None,
+        attempts: int,
+        *,
+        delivery: int | None,
+    ) -> NewEntry:
+        """A journal write for the call at ``seq``, with its place in the delivery order."""
+        return NewEntry(
+            seq,
+            kind,
+            name,
+            status,
+            input_json,
+            output_json,
+            error_json,
+            started_at,
+            finished_at,
+            attempts,
+            delivery=None if delivery is None else self._order.stored(delivery),
+            after_delivery=self._order.stored(self._after.get(seq, 0)),
+            after_seq=self._after_seq.get(seq, 0),
+        )
 
     async def _turn(self, delivery: int | None, *, recorded: bool) -> None:
-        """Resume only when every earlier delivery has been handed back.
-
-        A recorded result is never handed back synchronously: like a live completion,
-        which arrives through the store's flush, it is released from a callback, so the
-        branches that are ready (say, the other arms of a gather) make their calls first,
-        exactly as they did when the result was live."""
+        """Resume in delivery order (see _order.py). ``delivery`` is the stored number for
+        a recorded result, the in-memory one for a live result."""
+        if recorded:
+            delivery = self._order.recorded_index(delivery)
         if delivery is None:  # a journal written before deliveries were recorded
             return
-        if recorded or delivery != self._released + 1:
-            future = asyncio.get_running_loop().create_future()
-            self._turns[delivery] = future
-            self._progress += 1
-            if recorded:
-                self._schedule_release()
-            self._schedule_check()
-            try:
-                await future
-            finally:
-                self._turns.pop(delivery, None)
-        self._released = delivery
         self._progress += 1
-        following = self._turns.get(delivery + 1)
-        if following is not None and not following.done():
-            following.set_result(None)
-
-    def _schedule_release(self) -> None:
-        if not self._releasing:
-            self._releasing = True
-            asyncio.get_running_loop().call_soon(self._release)
-
-    def _release(self) -> None:
-        self._releasing = False
-        future = self._turns.get(self._released + 1)
-        if future is not None and not future.done():
-            future.set_result(None)
+        self._schedule_check()
+        await self._order.turn(delivery, recorded=recorded)
+        self._progress += 1
 
     # -- quiescence -------------------------------------------------------------------
     async def _block(self, wait: _Wait) -> None:
@@ -253,7 +259,7 @@ class Context:
 
     def _check(self, progress: int, rounds: int) -> None:
         loop = asyncio.get_running_loop()
-        if self._quiescent.done() or self._inflight or not (self._blocked or self._turns):
+        if self._quiescent.done() or self._inflight or not (self._blocked or self._order.waiting):
             self._checking = False
             return
         if progress != self._progress:
@@ -262,25 +268,37 @@ class Context:
         if rounds < 3:  # let callbacks already queued (a branch waking up) run first
             loop.call_soon(self._check, progress, rounds + 1)
             return
-        self._checking = False
-        if self._turns:
-            # Branches wait for a recorded result that no branch will ever hand back.
-            missing = self._released + 1
-            entry = next((e for e in self._entries.values() if e.delivery == missing), None)
-            where = f"seq {entry.seq} ({entry.kind} {entry.name!r})" if entry else "?"
-            try:
-                self._nondeterminism(
-                    f"run {self.run_id!r}: the journal records a completed call at {where} "
-                    "that this execution never reached; the workflow code changed under a "
-                    "running run",
-                    seq=entry.seq if entry else None,
-                    recorded={"kind": entry.kind, "name": entry.name} if entry else None,
-                    expected=None,
-                )
-            except NondeterminismError:
-                pass
+        if self._order.waiting:
+            # Branches wait for a recorded result that nothing hands back. Give plain
+            # asyncio work (queues, sleep(0) chains) real time before calling it divergence.
+            loop.call_later(0.2, self._confirm_stuck, progress)
             return
+        self._checking = False
         self._quiescent.set_result(None)
+
+    def _confirm_stuck(self, progress: int) -> None:
+        self._checking = False
+        if self._quiescent.done() or self._inflight or progress != self._progress:
+            if not self._quiescent.done():
+                self._schedule_check()
+            return
+        if not self._order.waiting:
+            self._schedule_check()
+            return
+        missing = self._order.stored(self._order.missing())
+        entry = next((e for e in self._entries.values() if e.delivery == missing), None)
+        where = f"seq {entry.seq} ({entry.kind} {entry.name!r})" if entry else "an earlier call"
+        try:
+            self._nondeterminism(
+                f"run {self.run_id!r}: the journal records a completed call at {where} "
+                "that this execution never reached; the workflow code changed under a "
+                "running run",
+                seq=entry.seq if entry else None,
+                recorded={"kind": entry.kind, "name": entry.name} if entry else None,
+                expected=None,
+            )
+        except NondeterminismError:
+            pass
 
     def waits(self) -> list[_Wait]:
         return list(self._blocked.values())
@@ -322,15 +340,32 @@ class Context:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        input_json = dumps(
+            {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
+            what=f"arguments of step {step.name!r}",
+        )
+        if entry is not None and entry.input is not None and json.loads(input_json) != entry.input:
+            # Same step, other arguments: handing back the recorded result would give this
+            # call another call's answer.
+            self._nondeterminism(
+                f"run {self.run_id!r} at seq {seq}: step {step.name!r} was recorded with "
+                f"arguments {entry.input} but is now called with {json.loads(input_json)}; "
+                "the workflow code changed under a running run",
+                seq=seq,
+                recorded={"kind": entry.kind, "name": entry.name, "input": entry.input},
+                expected={"kind": "step", "name": step.name, "input": json.loads(input_json)},
+            )
         if entry is not None and entry.status is not _WAITING:
             await self._turn(entry.delivery, recorded=True)
             if entry.status is EntryStatus.FAILED:
                 raise _step_error(step.name, seq, entry.error or {})
             return decode(entry.output, step.return_type)
-        input_json = dumps(
-            {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
-            what=f"arguments of step {step.name!r}",
-        )
+        # A step body touches the world: start it only once replay has handed back every
+        # recorded result, so a branch that the replayed workflow cancels never starts.
+        if self._order.replaying:
+            self._progress += 1
+            self._schedule_check()
+            await self._order.catch_up()
         self._begin()
         try:
             started = time.time()
@@ -350,13 +385,17 @@ class Context:
                 status, output, error_json = "completed", output_json, None
             else:
                 status, output, error_json = "failed", None, json.dumps(_error_dict(failure))
-            delivery = self._deliver()
-            await self._write(
-                NewEntry(
-                    seq, "step", step.name, status, input_json, output,
-                    error_json, started, time.time(), attempts, delivery,
-                )
-            )  # fmt: skip
+            delivery = self._order.next_live()
+            try:
+                await self._write(
+                    self._entry(
+                        seq, "step", step.name, status, input_json, output,
+                        error_json, started, time.time(), attempts, delivery=delivery,
+                    )
+                )  # fmt: skip
+            except BaseException:
+                self._order.give_up(delivery)
+                raise
         finally:
             self._end()
         await self._turn(delivery, recorded=False)
@@ -454,6 +493,14 @@ class Context:
                 )  # fmt: skip
                 return signal.value
             if deadline is not None and time.time() >= deadline:
+                # The mailbox may be stale (a signal sent from another process while a
+                # step ran): look once more before declaring the timeout.
+                try:
+                    self._mailbox = await self._store.list_signals(self.run_id)
+                except StorageError:
+                    raise self._exit(Abandon()) from None
+                if self._find_signal(name) is not None:
+                    continue
                 error = {"type": "SignalTimeoutError", "message": f"no signal {name!r}"}
                 await self._record(seq, "signal", name, "failed", None, None, error)
                 raise SignalTimeoutError(
@@ -484,20 +531,24 @@ class Context:
         caller in delivery order."""
         sealed = status != "waiting"
         self._begin()
+        delivery = None
         try:
             now = time.time()
-            delivery = self._deliver() if sealed else None
+            delivery = self._order.next_live() if sealed else None
             await self._write(
-                NewEntry(
+                self._entry(
                     seq, kind, name, status,
                     None if input is None else json.dumps(input),
                     None if output is None else json.dumps(output),
                     None if error is None else json.dumps(error),
-                    now, now if sealed else None, 1, delivery,
+                    now, now if sealed else None, 1, delivery=delivery,
                 ),
                 start_child=start_child,
                 consume_signal=consume_signal,
             )  # fmt: skip
+        except BaseException:
+            self._order.give_up(delivery)
+            raise
         finally:
             self._end()
         await self._turn(delivery, recorded=False)

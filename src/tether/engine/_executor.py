@@ -72,6 +72,11 @@ async def execute_run(
         # Every branch is blocked on a durable wait: park the run.
         return await _suspend(store, fence, ctx, task)
     finally:
+        # Branches the workflow spawned and left behind must not outlive the run.
+        ctx.closed = True
+        for orphan in list(ctx._tasks):
+            if not orphan.done():
+                orphan.cancel()
         if contexts.get(fence.run_id) is ctx:
             del contexts[fence.run_id]
         parent = contexts.get(state.run.parent_run_id or "")

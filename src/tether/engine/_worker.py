@@ -177,7 +177,7 @@ class Worker:
                 timeout = self.poll_interval
                 if len(self.active) < self.max_concurrency:
                     # (At capacity a due timer cannot be claimed anyway: wait for a slot.)
-                    next_wake = await self.store.next_wake_at()
+                    next_wake = await self.store.next_wake_at(frozenset(self.app.workflows))
                     if next_wake is not None:
                         timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
                 await self._warn_unknown_workflows()
@@ -211,7 +211,9 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
-        while not self._stopping:
+        # Runs until stop() cancels it, after the grace period: leases held by steps that
+        # are finishing must not expire under them.
+        while True:
             await asyncio.sleep(interval)
             before = set(self.contexts)
             try:

@@ -89,13 +89,16 @@ def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
         finished_at=row[9],
         attempts=row[10],
         delivery=row[11],
+        after_delivery=row[12],
+        after_seq=row[13],
     )
 
 
 _ENTRY_SELECT = """
 SELECT j.run_id, j.seq, j.kind, j.name, j.status,
        COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
-       j.started_at, j.finished_at, j.attempts, j.delivery
+       j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery,
+       j.after_seq
 FROM journal j
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
@@ -225,7 +228,12 @@ class SQLiteStore:
         batch, self._queue = self._queue, []
         if not batch:
             return
-        conn = self.conn
+        if self._conn is None:  # closed under queued writes: fail them, never leave them
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageError("the store was closed"))
+            return
+        conn = self._conn
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         begun = False
         try:
@@ -549,11 +557,18 @@ class SQLiteStore:
         if run_ids:
             await self._write(op)
 
-    async def next_wake_at(self) -> float | None:
+    async def next_wake_at(self, workflows: frozenset[str]) -> float | None:
+        if not workflows:
+            return None
+        names = sorted(workflows)
+        marks = ", ".join("?" * len(names))
         rows = self._read(
             "SELECT min(t) FROM ("
             " SELECT min(wake_at) AS t FROM runs WHERE status = 'waiting'"
-            " UNION ALL SELECT min(lease_expires_at) FROM runs WHERE status = 'running')"
+            f"  AND workflow IN ({marks})"
+            " UNION ALL SELECT min(lease_expires_at) FROM runs WHERE status = 'running'"
+            f"  AND workflow IN ({marks}))",
+            (*names, *names),
         )
         return rows[0][0] if rows else None
 
@@ -596,8 +611,9 @@ class SQLiteStore:
             # The fence check is part of the insert: a plain step is one statement.
             cur = conn.execute(
                 "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
-                "output, output_ref, error, started_at, finished_at, attempts, delivery) "
-                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
+                "output, output_ref, error, started_at, finished_at, attempts, delivery, "
+                "after_delivery, after_seq) "
+                f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
                 "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
                 "output = excluded.output, output_ref = excluded.output_ref, "
                 "error = excluded.error, finished_at = excluded.finished_at, "
@@ -617,6 +633,8 @@ class SQLiteStore:
                     entry.finished_at,
                     entry.attempts,
                     entry.delivery,
+                    entry.after_delivery,
+                    entry.after_seq,
                     fence.run_id,
                     fence.worker_id,
                     fence.fence,

@@ -49,6 +49,8 @@ class NewEntry:
     finished_at: float | None = None
     attempts: int = 1
     delivery: int | None = None  # completion order within the run (see JournalEntry)
+    after_delivery: int | None = None  # completions handed back when the call was made
+    after_seq: int | None = None  # the seq counter when the last of them resumed the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,9 @@ class Store(Protocol):
         """Hand runs back (status pending) so any worker resumes them at once."""
         ...
 
-    async def next_wake_at(self) -> float | None: ...
+    async def next_wake_at(self, workflows: frozenset[str]) -> float | None:
+        """When the next timer or lease of these workflows' runs comes due."""
+        ...
 
     # -- journal writes of a claimed run (group committed, fenced) ----------------------
     async def append_entry(

@@ -43,10 +43,6 @@ CREATE TABLE journal (
     started_at   REAL,
     finished_at  REAL,
     attempts     INTEGER NOT NULL DEFAULT 1,
-    -- The order in which the run resumed from its completed calls (1, 2, ...). Replay
-    -- releases recorded results in this order, so that concurrent branches
-    -- (asyncio.gather) make their next calls, and get their seqs, as they did first.
-    delivery     INTEGER,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 
