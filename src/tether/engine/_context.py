@@ -99,6 +99,7 @@ class Context:
         self._after: dict[int, int] = {}
         self._after_seq: dict[int, int] = {}
         self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._last_task: asyncio.Task[Any] | None = None
         # Quiescence: the run parks once every branch is blocked on a wait (or on a turn)
         # and nothing executes. `_progress` moves on every durable call or completion.
         self._inflight = 0
@@ -130,8 +131,9 @@ class Context:
         self._after_seq[seq] = self._order.resumed_at(released)
         self._order.after_call()
         task = asyncio.current_task()
-        if task is not None:
+        if task is not self._last_task and task is not None:
             self._tasks.add(task)
+            self._last_task = task
         entry = self._entries.get(seq)
         if entry is not None and (entry.kind != kind or entry.name != name):
             self._nondeterminism(
@@ -184,7 +186,7 @@ class Context:
         self._progress += 1
         if self._blocked or self._order.waiting:
             self._schedule_check()
-        if any(w.signal or w.child for w in self._blocked.values()):
+        if self._blocked and any(w.signal or w.child for w in self._blocked.values()):
             self.refresh_soon()
 
     def _entry(
@@ -224,10 +226,14 @@ class Context:
         a recorded result, the in-memory one for a live result."""
         if recorded:
             delivery = self._order.recorded_index(delivery)
+        elif delivery is not None and self._order.live_next(delivery):
+            self._progress += 1
+            return
         if delivery is None:  # a journal written before deliveries were recorded
             return
         self._progress += 1
-        self._schedule_check()
+        if recorded or self._order.waiting or self._blocked:  # it may have to wait
+            self._schedule_check()
         await self._order.turn(delivery, recorded=recorded)
         self._progress += 1
 

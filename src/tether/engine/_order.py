@@ -95,6 +95,15 @@ class DeliveryOrder:
         if (self.released + 1) in self._turns:
             self._schedule_release()
 
+    def live_next(self, delivery: int) -> bool:
+        """The common case, kept cheap: a live result that is next, with nothing waiting.
+        Returns False when the caller must go through :meth:`turn`."""
+        if delivery != self.released + 1 or self._turns or self._caught_up or self._abandoned:
+            return False
+        self.released = delivery
+        self._resumed_at[delivery] = self._seq()
+        return True
+
     async def turn(self, delivery: int, *, recorded: bool) -> None:
         if recorded or delivery != self.released + 1 or self._turns or not self._due(delivery):
             future = asyncio.get_running_loop().create_future()
@@ -188,8 +197,6 @@ class DeliveryOrder:
     def stored(self, dense: int) -> int:
         """The number written to the journal for in-memory index ``dense`` (live ones are
         numbered after every stored one, so they never collide)."""
-        if dense <= 0:
-            return 0
-        if dense <= self.recorded:
-            return self._stored[dense]
-        return self._max_stored + (dense - self.recorded)
+        if dense > self.recorded:
+            return self._max_stored + (dense - self.recorded)
+        return self._stored[dense] if dense > 0 else 0
