@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,8 @@ from tether import App, Context, RunStatus
 from tether.storage import NewEntry, NewRun, SQLiteStore
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "order_v1.json"
+# Written before journals recorded the delivery order (migration 0002): the upgrade path.
+GOLDENS = [GOLDEN, GOLDEN.with_name("order_v0_before_delivery.json")]
 
 
 @dataclass
@@ -89,13 +92,18 @@ async def _record(url: str) -> dict[str, object]:
     return {"result": result, "runs": runs}
 
 
+def _load(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
 order = "order"  # the workflow name, for app.start by name
 
 
-async def test_golden_journal_replays_without_executing(tmp_path: Path) -> None:
-    if os.environ.get("TETHER_REGEN_GOLDEN") == "1":
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
+async def test_golden_journal_replays_without_executing(tmp_path: Path, path: Path) -> None:
+    if os.environ.get("TETHER_REGEN_GOLDEN") == "1" and path == GOLDEN:
         GOLDEN.write_text(json.dumps(await _record(f"sqlite:///{tmp_path}/regen.db"), indent=1))
-    golden = json.loads(GOLDEN.read_text())
+    golden = _load(path)
 
     # Load the recorded journals into a fresh database, as an older version left them,
     # with every run handed back mid-flight (pending) so today's worker replays it.
@@ -140,9 +148,10 @@ async def test_golden_journal_replays_without_executing(tmp_path: Path) -> None:
     assert executed == [], f"replay executed recorded steps again: {executed}"
 
 
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("field", ["kind", "name"])
-def test_golden_file_is_well_formed(field: str) -> None:
-    golden = json.loads(GOLDEN.read_text())
+def test_golden_file_is_well_formed(field: str, path: Path) -> None:
+    golden = json.loads(path.read_text())
     assert golden["runs"], "the golden file holds no runs"
     for run in golden["runs"]:
         seqs = [e["seq"] for e in run["entries"]]
