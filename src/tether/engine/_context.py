@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from .._errors import (
     ChildRunFailedError,
@@ -93,11 +93,10 @@ class Context:
         self._taken: set[int] = set()
         self._children = dict(state.children)
         self._seq = 0
-        # Delivery order (see _order.py); `_after[seq]`: deliveries handed back when the
-        # call at seq was made.
+        # Delivery order (see _order.py); `_after[seq]`: (deliveries handed back, the seq
+        # counter when the last of them resumed the run) when the call at seq was made.
         self._order = DeliveryOrder(state.entries.values(), lambda: self._seq)
-        self._after: dict[int, int] = {}
-        self._after_seq: dict[int, int] = {}
+        self._after: dict[int, tuple[int, int]] = {}
         self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._last_task: asyncio.Task[Any] | None = None
         # Quiescence: the run parks once every branch is blocked on a wait (or on a turn)
@@ -127,8 +126,7 @@ class Context:
         self._progress += 1
         seq = self._seq
         released = self._order.released
-        self._after[seq] = released
-        self._after_seq[seq] = self._order.resumed_at(released)
+        self._after[seq] = (released, self._order.resumed_at(released))
         self._order.after_call()
         task = asyncio.current_task()
         if task is not self._last_task and task is not None:
@@ -136,7 +134,7 @@ class Context:
             self._last_task = task
         entry = self._entries.get(seq)
         if entry is not None and (entry.kind != kind or entry.name != name):
-            self._nondeterminism(
+            raise self._diverge(
                 f"run {self.run_id!r} at seq {seq}: the journal recorded {entry.kind} "
                 f"{entry.name!r} but the workflow now calls {kind} {name!r}; the workflow "
                 "code changed under a running run. Restore the old code, or fork/retry the "
@@ -147,21 +145,23 @@ class Context:
             )
         return seq, entry
 
-    def _nondeterminism(self, message: str, **fields: Any) -> NoReturn:
+    def _diverge(self, message: str, **fields: Any) -> NondeterminismError:
+        """Record that replay left the journal; the caller raises what this returns."""
         self.fatal = NondeterminismError(message, run_id=self.run_id, **fields)
-        self.closed = True  # nothing more may be written by this execution
-        if not self._quiescent.done():
-            self._quiescent.set_result(None)
-        raise self.fatal
+        self._stop_here()
+        return self.fatal
 
     def _exit(self, control: BaseException) -> BaseException:
-        """Record why the engine stops this execution and wake the executor."""
+        """Record why the engine stops this execution; the caller raises what this returns."""
         if self.engine_exit is None:
             self.engine_exit = control
-        self.closed = True
-        if not self._quiescent.done():
-            self._quiescent.set_result(None)
+        self._stop_here()
         return control
+
+    def _stop_here(self) -> None:
+        self.closed = True  # nothing more may be written by this execution
+        if not self._quiescent.done():
+            self._quiescent.set_result(None)  # wake the executor
 
     @property
     def seq(self) -> int:
@@ -205,6 +205,7 @@ class Context:
         delivery: int | None,
     ) -> NewEntry:
         """A journal write for the call at ``seq``, with its place in the delivery order."""
+        after, after_seq = self._after.get(seq, (0, 0))
         return NewEntry(
             seq,
             kind,
@@ -217,8 +218,8 @@ class Context:
             finished_at,
             attempts,
             delivery=None if delivery is None else self._order.stored(delivery),
-            after_delivery=self._order.stored(self._after.get(seq, 0)),
-            after_seq=self._after_seq.get(seq, 0),
+            after_delivery=self._order.stored(after),
+            after_seq=after_seq,
         )
 
     async def _turn(self, delivery: int | None, *, recorded: bool) -> None:
@@ -294,17 +295,14 @@ class Context:
         missing = self._order.stored(self._order.missing())
         entry = next((e for e in self._entries.values() if e.delivery == missing), None)
         where = f"seq {entry.seq} ({entry.kind} {entry.name!r})" if entry else "an earlier call"
-        try:
-            self._nondeterminism(
-                f"run {self.run_id!r}: the journal records a completed call at {where} "
-                "that this execution never reached; the workflow code changed under a "
-                "running run",
-                seq=entry.seq if entry else None,
-                recorded={"kind": entry.kind, "name": entry.name} if entry else None,
-                expected=None,
-            )
-        except NondeterminismError:
-            pass
+        self._diverge(
+            f"run {self.run_id!r}: the journal records a completed call at {where} "
+            "that this execution never reached; the workflow code changed under a "
+            "running run",
+            seq=entry.seq if entry else None,
+            recorded={"kind": entry.kind, "name": entry.name} if entry else None,
+            expected=None,
+        )
 
     def waits(self) -> list[_Wait]:
         return list(self._blocked.values())
@@ -350,17 +348,19 @@ class Context:
             {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
             what=f"arguments of step {step.name!r}",
         )
-        if entry is not None and entry.input is not None and json.loads(input_json) != entry.input:
-            # Same step, other arguments: handing back the recorded result would give this
-            # call another call's answer.
-            self._nondeterminism(
-                f"run {self.run_id!r} at seq {seq}: step {step.name!r} was recorded with "
-                f"arguments {entry.input} but is now called with {json.loads(input_json)}; "
-                "the workflow code changed under a running run",
-                seq=seq,
-                recorded={"kind": entry.kind, "name": entry.name, "input": entry.input},
-                expected={"kind": "step", "name": step.name, "input": json.loads(input_json)},
-            )
+        if entry is not None and entry.input is not None:
+            called_with = json.loads(input_json)
+            if called_with != entry.input:
+                # Same step, other arguments: handing back the recorded result would give
+                # this call another call's answer.
+                raise self._diverge(
+                    f"run {self.run_id!r} at seq {seq}: step {step.name!r} was recorded with "
+                    f"arguments {entry.input} but is now called with {called_with}; the "
+                    "workflow code changed under a running run",
+                    seq=seq,
+                    recorded={"kind": entry.kind, "name": entry.name, "input": entry.input},
+                    expected={"kind": "step", "name": step.name, "input": called_with},
+                )
         if entry is not None and entry.status is not _WAITING:
             await self._turn(entry.delivery, recorded=True)
             if entry.status is EntryStatus.FAILED:

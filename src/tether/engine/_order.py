@@ -1,21 +1,24 @@
 """Delivery order: how replay hands recorded results back so that concurrent branches make
 their calls, and take their seqs, exactly as they did the first time.
 
-Two facts are recorded with every journal entry:
+Three facts are recorded with every journal entry:
 
 - ``delivery``: the order in which the run resumed from its completed calls (1, 2, ...).
 - ``after_delivery``: how many completions had been handed back when the call was made.
+- ``after_seq``: where the seq counter stood when the last of those resumed the run.
 
 On replay a recorded result ``d`` is handed back only when ``d - 1`` has been, and only
 once the workflow has again made every call it had made before ``d`` resumed it the first
-time (the largest seq whose ``after_delivery`` is below ``d``). A live completion waits
-until every recorded one has been handed back. A delivery whose waiter was cancelled is
-skipped, so a cancelled branch cannot hold up the others.
+time (its gate: the ``after_seq`` recorded for ``d``, else the largest recorded seq whose
+``after_delivery`` is below ``d``). A live completion waits until every recorded one has
+been handed back. A delivery whose waiter was cancelled is skipped, so a cancelled branch
+cannot hold up the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Callable, Iterable
 
 from .._records import EntryStatus, JournalEntry
@@ -27,16 +30,15 @@ class DeliveryOrder:
     def __init__(self, entries: Iterable[JournalEntry], seq: Callable[[], int]) -> None:
         entries = list(entries)
         # Recorded deliveries, renumbered densely (a write lost between two committed
-        # ones must not leave a hole that nothing can ever fill).
-        recorded = sorted(
+        # ones must not leave a hole that nothing can ever fill): dense d is stored as
+        # self._recorded[d - 1].
+        self._recorded = sorted(
             e.delivery
             for e in entries
             if e.delivery is not None and e.status is not EntryStatus.WAITING
         )
-        self._dense = {old: new for new, old in enumerate(recorded, start=1)}
-        self._stored = {new: old for old, new in self._dense.items()}
-        self._max_stored = recorded[-1] if recorded else 0
-        self.recorded = len(recorded)
+        self._dense = {old: new for new, old in enumerate(self._recorded, start=1)}
+        self.recorded = len(self._recorded)
         self.assigned = self.recorded
         self.released = 0
         # gate[d]: the seq the workflow must have reached before recorded d is handed back:
@@ -44,17 +46,17 @@ class DeliveryOrder:
         # made after that records it (after_seq), including calls that were in flight at a
         # crash and so left no entry of their own. Without such a record (nothing recorded
         # came after d), the highest recorded call made before d resumed is the bound.
+        made: list[tuple[int, int]] = []  # (dense after_delivery, seq)
+        resumed_at: dict[int, int] = {}
+        for e in entries:
+            if e.after_delivery is None:
+                continue
+            after = bisect.bisect_right(self._recorded, e.after_delivery)
+            made.append((after, e.seq))
+            if e.after_seq is not None:
+                resumed_at[after] = e.after_seq
+        made.sort()
         self._gate: dict[int, int] = {}
-        made = sorted(
-            (self._dense_after(e.after_delivery), e.seq)
-            for e in entries
-            if e.after_delivery is not None
-        )
-        resumed_at = {
-            self._dense_after(e.after_delivery): e.after_seq
-            for e in entries
-            if e.after_delivery is not None and e.after_seq is not None
-        }
         highest, i = 0, 0
         for d in range(1, self.recorded + 1):
             while i < len(made) and made[i][0] < d:
@@ -68,12 +70,6 @@ class DeliveryOrder:
         self._abandoned: set[int] = set()
         self._releasing = False
         self._caught_up: list[asyncio.Future[None]] = []
-
-    def _dense_after(self, after: int | None) -> int:
-        if after is None:
-            return 0
-        # The number of recorded deliveries numbered <= after.
-        return sum(1 for old in self._dense if old <= after)
 
     def recorded_index(self, delivery: int | None) -> int | None:
         return None if delivery is None else self._dense.get(delivery)
@@ -198,5 +194,6 @@ class DeliveryOrder:
         """The number written to the journal for in-memory index ``dense`` (live ones are
         numbered after every stored one, so they never collide)."""
         if dense > self.recorded:
-            return self._max_stored + (dense - self.recorded)
-        return self._stored[dense] if dense > 0 else 0
+            last = self._recorded[-1] if self._recorded else 0
+            return last + (dense - self.recorded)
+        return self._recorded[dense - 1] if dense > 0 else 0
