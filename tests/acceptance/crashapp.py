@@ -1,7 +1,8 @@
 """Workflows, a child-process entry point and a harness for the real-process failure tests.
 
 The tests run this file as a script in a child process (``python crashapp.py --db URL ...``),
-kill it with real signals, and start another process on the same SQLite file. Every step
+kill it with real signals, and start another process on the same database (a SQLite file or
+a PostgreSQL database). Every step
 body appends one line to a side-effect file (``O_APPEND``, then ``fsync``) before it returns,
 so a test counts real executions across processes, including processes that were killed.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import App, Context, LeaseLostError, Run, RunNotFoundError
+from tether.storage._postgres import PostgresStore
 from tether.storage._sqlite import SQLiteStore
 
 HERE = Path(__file__).resolve()
@@ -104,19 +106,9 @@ def mix(label: str, x: int) -> int:
 
 
 def _install_store_hooks(emit: Callable[[dict[str, Any]], None]) -> None:
-    original_append = SQLiteStore.append_entry
+    for store_class in (SQLiteStore, PostgresStore):
+        _hook_append(store_class, emit)
     original_flush = SQLiteStore._flush
-
-    async def append_entry(self: SQLiteStore, fence: Any, entry: Any, **extra: Any) -> None:
-        if FAULTS.kill is not None and FAULTS.kill[1] == "commit" and entry.kind == "step":
-            label = json.loads(entry.input_json)["args"][0]
-            if label == FAULTS.kill[0] and entry.status == "completed":
-                FAULTS.armed = True  # the next COMMIT would seal this entry: die first
-        try:
-            await original_append(self, fence, entry, **extra)
-        except LeaseLostError:
-            emit({"event": "lease_lost", "run_id": fence.run_id, "seq": entry.seq})
-            raise
 
     def flush(self: SQLiteStore) -> None:
         if not FAULTS.armed or self._conn is None:
@@ -129,8 +121,40 @@ def _install_store_hooks(emit: Callable[[dict[str, Any]], None]) -> None:
         finally:
             self._conn = real
 
-    SQLiteStore.append_entry = append_entry  # type: ignore[method-assign]
     SQLiteStore._flush = flush  # type: ignore[method-assign]
+
+    original_pg_flush = PostgresStore._flush
+
+    async def pg_flush(self: PostgresStore, batch: list[Any]) -> None:
+        if not FAULTS.armed:
+            await original_pg_flush(self, batch)
+            return
+        # Write the batch inside a transaction, then die before its COMMIT: the server
+        # rolls the transaction back when the connection drops.
+        async with self.pool.connection() as conn:
+            await conn.execute("BEGIN")
+            for op in batch:
+                await op.run(conn)
+            _die()
+
+    PostgresStore._flush = pg_flush  # type: ignore[method-assign]
+
+
+def _hook_append(store_class: Any, emit: Callable[[dict[str, Any]], None]) -> None:
+    original_append = store_class.append_entry
+
+    async def append_entry(self: Any, fence: Any, entry: Any, **extra: Any) -> None:
+        if FAULTS.kill is not None and FAULTS.kill[1] == "commit" and entry.kind == "step":
+            label = json.loads(entry.input_json)["args"][0]
+            if label == FAULTS.kill[0] and entry.status == "completed":
+                FAULTS.armed = True  # the next COMMIT would seal this entry: die first
+        try:
+            await original_append(self, fence, entry, **extra)
+        except LeaseLostError:
+            emit({"event": "lease_lost", "run_id": fence.run_id, "seq": entry.seq})
+            raise
+
+    store_class.append_entry = append_entry
 
 
 class _KillBeforeCommit:
@@ -431,6 +455,18 @@ def snapshot(db_url: str, run_id: str) -> Snapshot:
             if e.kind == "step" and e.status == "completed"
         }
         return Snapshot(run, steps, entries)
+
+    return asyncio.run(read())
+
+
+def list_runs(db_url: str) -> list[Run]:
+    async def read() -> list[Run]:
+        app = App(db_url)
+        await app.open(worker=False, create=False)
+        try:
+            return await app.list_runs(limit=100_000)
+        finally:
+            await app.close()
 
     return asyncio.run(read())
 

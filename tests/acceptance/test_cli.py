@@ -220,10 +220,19 @@ def test_database_url_option(tmp_path: Path, env: dict[str, str]) -> None:
     [["runs"], ["runs", "--json"], ["show", "r1"], ["signal", "r1", "go"], ["cancel", "r1"]],
 )
 def test_a_missing_database_is_one_line_and_is_not_created(
-    args: list[str], env: dict[str, str], db_path: Path
+    args: list[str], sqlite_url: str, db_path: Path
 ) -> None:
+    env = dict(os.environ, TETHER_DATABASE_URL=sqlite_url)
     assert_one_line_error(tether(*args, env=env), 1, "no database at", str(db_path))
     assert not db_path.exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", [["runs"], ["show", "r1"], ["worker", "cliapp:app"]])
+def test_an_unreachable_postgres_server_is_one_line(args: list[str]) -> None:
+    url = "postgresql://u:hunter2@127.0.0.1:1/tether?connect_timeout=2"
+    env = dict(os.environ, TETHER_DATABASE_URL=url)
+    assert_one_line_error(tether(*args, env=env), 1, "cannot connect to", "u:***@127.0.0.1:1")
 
 
 @pytest.mark.parametrize(

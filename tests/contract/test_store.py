@@ -1,4 +1,9 @@
-"""The Store protocol, exercised against SQLiteStore directly (no engine, no worker)."""
+"""The Store protocol, exercised directly (no engine, no worker) against every backend.
+
+Tests taking ``db_url`` run on SQLite and PostgreSQL alike; the ones at the end that take
+``sqlite_url`` or ``postgres_url`` check what only one backend has (pragmas, the server's
+locking and notifications).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 import pytest
 
 from tether import EntryStatus, LeaseLostError, RunIdConflictError, RunNotFoundError, RunStatus
-from tether.storage import Fence, NewEntry, NewRun, SQLiteStore, WorkerInfo
+from tether.storage import Fence, NewEntry, NewRun, SQLiteStore, WorkerInfo, open_store
 from tether.storage._migrations import load_migrations
 
 WORKFLOWS = frozenset({"flow", "other", "wf"})
@@ -20,9 +25,13 @@ WORKFLOWS = frozenset({"flow", "other", "wf"})
 ARGS = json.dumps({"args": [], "kwargs": {}})
 
 
+# Either backend; both keep a ``commits`` counter and a ``_read`` for these checks.
+AnyStore = Any
+
+
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(db_url)
+async def store(db_url: str) -> AsyncIterator[AnyStore]:
+    s = open_store(db_url)
     await s.open()
     yield s
     await s.close()
@@ -35,11 +44,18 @@ def step_entry(seq: int, output: Any = None, name: str = "add") -> NewEntry:
     )
 
 
-def rows(store: SQLiteStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    return store.conn.execute(sql, params).fetchall()
+async def rows(store: AnyStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run a query written with ``?`` placeholders on either backend."""
+    if isinstance(store, SQLiteStore):
+        return store._read(sql, params)
+    return list(await store._read(sql.replace("?", "%s"), params))
 
 
-async def claimed(store: SQLiteStore, run_id: str, worker: str = "w1") -> Fence:
+def dialect(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgres"
+
+
+async def claimed(store: AnyStore, run_id: str, worker: str = "w1") -> Fence:
     await store.create_run(NewRun(run_id, "flow", ARGS))
     fences = await store.claim_runs(worker, 100, 30.0, WORKFLOWS)
     fence = next(f for f in fences if f.run_id == run_id)
@@ -47,7 +63,7 @@ async def claimed(store: SQLiteStore, run_id: str, worker: str = "w1") -> Fence:
 
 
 # -- runs -----------------------------------------------------------------------------
-async def test_create_run_is_idempotent(store: SQLiteStore) -> None:
+async def test_create_run_is_idempotent(store: AnyStore) -> None:
     run, created = await store.create_run(NewRun("r1", "flow", ARGS))
     assert created
     assert run.status is RunStatus.PENDING
@@ -62,15 +78,15 @@ async def test_create_run_is_idempotent(store: SQLiteStore) -> None:
     assert len(await store.list_runs()) == 1
 
 
-async def test_create_run_with_another_workflow_conflicts(store: SQLiteStore) -> None:
+async def test_create_run_with_another_workflow_conflicts(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     with pytest.raises(RunIdConflictError, match="'flow'") as info:
         await store.create_run(NewRun("r1", "other", ARGS))
     assert info.value.run_id == "r1"  # type: ignore[attr-defined]
-    assert rows(store, "SELECT workflow FROM runs") == [("flow",)]
+    assert await rows(store, "SELECT workflow FROM runs") == [("flow",)]
 
 
-async def test_get_and_list_runs(store: SQLiteStore) -> None:
+async def test_get_and_list_runs(store: AnyStore) -> None:
     assert await store.get_run("nope") is None
     for i in range(3):
         await store.create_run(NewRun(f"r{i}", "flow" if i < 2 else "other", ARGS))
@@ -83,7 +99,7 @@ async def test_get_and_list_runs(store: SQLiteStore) -> None:
 
 
 # -- leases -----------------------------------------------------------------------------
-async def test_claim_heartbeat_release(store: SQLiteStore) -> None:
+async def test_claim_heartbeat_release(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.create_run(NewRun("r2", "flow", ARGS))
     fences = await store.claim_runs("w1", 1, 30.0, WORKFLOWS)
@@ -120,7 +136,7 @@ async def test_claim_heartbeat_release(store: SQLiteStore) -> None:
     assert again == [Fence("r1", "w3", 2)]
 
 
-async def test_heartbeat_renews_only_the_runs_named(store: SQLiteStore) -> None:
+async def test_heartbeat_renews_only_the_runs_named(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.create_run(NewRun("r2", "flow", ARGS))
     await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
@@ -133,7 +149,7 @@ async def test_heartbeat_renews_only_the_runs_named(store: SQLiteStore) -> None:
     assert after["r2"] > before["r2"]
 
 
-async def test_expired_lease_is_claimed_by_another_worker(store: SQLiteStore) -> None:
+async def test_expired_lease_is_claimed_by_another_worker(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     [old] = await store.claim_runs("w1", 10, 0.02, WORKFLOWS)
     assert await store.claim_runs("w2", 10, 30.0, WORKFLOWS) == []
@@ -144,7 +160,7 @@ async def test_expired_lease_is_claimed_by_another_worker(store: SQLiteStore) ->
     assert await store.heartbeat("w2", ["r1"], 30.0) == {"r1"}
 
 
-async def test_dead_local_worker_leases_are_expired_at_once(store: SQLiteStore) -> None:
+async def test_dead_local_worker_leases_are_expired_at_once(store: AnyStore) -> None:
     me = WorkerInfo("me", "host-a", "boot-1", 1, "")
     # A worker on this host whose process is gone (pid far beyond pid_max).
     dead = WorkerInfo("dead", "host-a", "boot-1", 2**30, "")
@@ -157,14 +173,14 @@ async def test_dead_local_worker_leases_are_expired_at_once(store: SQLiteStore) 
     await store.claim_runs("far", 1, 3600.0, WORKFLOWS)
     assert await store.expire_dead_local_workers(me) == 1
     assert [f.run_id for f in await store.claim_runs("me", 10, 30.0, WORKFLOWS)] == ["r1"]
-    workers = {r[0] for r in rows(store, "SELECT worker_id FROM workers")}
+    workers = {r[0] for r in await rows(store, "SELECT worker_id FROM workers")}
     assert workers == {"me", "far"}
     await store.unregister_worker("me")
-    assert {r[0] for r in rows(store, "SELECT worker_id FROM workers")} == {"far"}
+    assert {r[0] for r in await rows(store, "SELECT worker_id FROM workers")} == {"far"}
 
 
 # -- fencing ----------------------------------------------------------------------------
-async def test_stale_fence_writes_nothing(store: SQLiteStore) -> None:
+async def test_stale_fence_writes_nothing(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     [stale] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
     await asyncio.sleep(0.03)
@@ -188,8 +204,8 @@ async def test_stale_fence_writes_nothing(store: SQLiteStore) -> None:
             NewEntry(2, "child", "flow", "waiting", '{"run_id": "c"}'),
             start_child=NewRun("c", "flow", ARGS, "r1", 2),
         )
-    assert rows(store, "SELECT count(*) FROM journal") == [(0,)]
-    assert rows(store, "SELECT count(*) FROM blobs") == [(0,)]
+    assert await rows(store, "SELECT count(*) FROM journal") == [(0,)]
+    assert await rows(store, "SELECT count(*) FROM blobs") == [(0,)]
     assert await store.get_run("c") is None
     run = await store.get_run("r1")
     assert run is not None
@@ -204,7 +220,7 @@ async def test_stale_fence_writes_nothing(store: SQLiteStore) -> None:
     assert (await store.get_run("r1")).result == 42  # type: ignore[union-attr]
 
 
-async def test_stale_writer_does_not_spoil_a_batch(store: SQLiteStore) -> None:
+async def test_stale_writer_does_not_spoil_a_batch(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     [stale] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
     await asyncio.sleep(0.03)
@@ -219,10 +235,10 @@ async def test_stale_writer_does_not_spoil_a_batch(store: SQLiteStore) -> None:
     assert isinstance(results[0], LeaseLostError)
     assert results[1] is None
     assert store.commits == commits + 1
-    assert rows(store, "SELECT run_id, output FROM journal") == [("r2", '"good"')]
+    assert await rows(store, "SELECT run_id, output FROM journal") == [("r2", '"good"')]
 
 
-async def test_cancelled_run_rejects_its_workers_writes(store: SQLiteStore) -> None:
+async def test_cancelled_run_rejects_its_workers_writes(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     run = await store.cancel_run("r1", "stop")
     assert run.status is RunStatus.CANCELLED
@@ -235,7 +251,7 @@ async def test_cancelled_run_rejects_its_workers_writes(store: SQLiteStore) -> N
 
 
 # -- journal ----------------------------------------------------------------------------
-async def test_entries_are_sealed_in_place(store: SQLiteStore) -> None:
+async def test_entries_are_sealed_in_place(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     now = time.time()
     await store.append_entry(
@@ -256,7 +272,7 @@ async def test_entries_are_sealed_in_place(store: SQLiteStore) -> None:
     assert list(state.entries) == [1]
 
 
-async def test_a_plain_step_is_one_commit(store: SQLiteStore) -> None:
+async def test_a_plain_step_is_one_commit(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     before = store.commits
     for seq in range(1, 6):
@@ -265,7 +281,7 @@ async def test_a_plain_step_is_one_commit(store: SQLiteStore) -> None:
     assert [e.seq for e in await store.list_entries("r1")] == [1, 2, 3, 4, 5]
 
 
-async def test_group_commit_batches_concurrent_runs(store: SQLiteStore) -> None:
+async def test_group_commit_batches_concurrent_runs(store: AnyStore) -> None:
     n = 20
     for i in range(n):
         await store.create_run(NewRun(f"r{i}", "flow", ARGS))
@@ -274,7 +290,7 @@ async def test_group_commit_batches_concurrent_runs(store: SQLiteStore) -> None:
     before = store.commits
     await asyncio.gather(*(store.append_entry(f, step_entry(1, f.run_id)) for f in fences))
     assert store.commits == before + 1
-    assert rows(store, "SELECT count(*) FROM journal") == [(n,)]
+    assert await rows(store, "SELECT count(*) FROM journal") == [(n,)]
     # And again, sequentially: one commit each (never deferred).
     before = store.commits
     for f in fences[:3]:
@@ -282,7 +298,7 @@ async def test_group_commit_batches_concurrent_runs(store: SQLiteStore) -> None:
     assert store.commits == before + 3
 
 
-async def test_large_values_are_stored_once_as_blobs(store: SQLiteStore) -> None:
+async def test_large_values_are_stored_once_as_blobs(store: AnyStore) -> None:
     big = {"text": "lorem ipsum " * 1000, "n": [1, 2, 3]}
     text = json.dumps(big)
     assert len(text) > 4096
@@ -292,8 +308,8 @@ async def test_large_values_are_stored_once_as_blobs(store: SQLiteStore) -> None
     await store.append_entry(other, step_entry(1, big))
     now = time.time()
     await store.append_entry(other, NewEntry(2, "step", "echo", "completed", text, text, None, now))
-    assert rows(store, "SELECT count(*), sum(size) FROM blobs") == [(1, len(text))]
-    journal = rows(store, "SELECT output, output_ref FROM journal ORDER BY run_id, seq")
+    assert await rows(store, "SELECT count(*), sum(size) FROM blobs") == [(1, len(text))]
+    journal = await rows(store, "SELECT output, output_ref FROM journal ORDER BY run_id, seq")
     assert all(output is None and ref for output, ref in journal)
     assert len({ref for _, ref in journal}) == 1
     for run_id in ("r1", "r2"):
@@ -304,15 +320,15 @@ async def test_large_values_are_stored_once_as_blobs(store: SQLiteStore) -> None
     assert state.entries[2].output == big
 
 
-async def test_small_values_stay_inline(store: SQLiteStore) -> None:
+async def test_small_values_stay_inline(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     await store.append_entry(fence, step_entry(1, "x" * 100))
-    assert rows(store, "SELECT count(*) FROM blobs") == [(0,)]
-    assert rows(store, "SELECT output_ref FROM journal") == [(None,)]
+    assert await rows(store, "SELECT count(*) FROM blobs") == [(0,)]
+    assert await rows(store, "SELECT output_ref FROM journal") == [(None,)]
 
 
 # -- signals, waits, children -----------------------------------------------------------
-async def test_signals_are_kept_in_order_and_consumed(store: SQLiteStore) -> None:
+async def test_signals_are_kept_in_order_and_consumed(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     for value in (1, 2, 3):
         await store.send_signal("r1", "go", json.dumps(value))
@@ -337,7 +353,7 @@ async def test_signals_are_kept_in_order_and_consumed(store: SQLiteStore) -> Non
         await store.send_signal("nope", "go", "1")
 
 
-async def test_suspend_parks_the_run_and_a_signal_wakes_it(store: SQLiteStore) -> None:
+async def test_suspend_parks_the_run_and_a_signal_wakes_it(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     await store.suspend_run(
         fence, wake_at=None, signal_names=frozenset({"go"}), child_ids=frozenset()
@@ -353,7 +369,7 @@ async def test_suspend_parks_the_run_and_a_signal_wakes_it(store: SQLiteStore) -
     assert again.fence == fence.fence + 1
 
 
-async def test_suspend_wakes_at_once_when_a_signal_is_already_there(store: SQLiteStore) -> None:
+async def test_suspend_wakes_at_once_when_a_signal_is_already_there(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     await store.send_signal("r1", "go", "1")  # arrives while the run is still running
     await store.suspend_run(
@@ -366,7 +382,7 @@ async def test_suspend_wakes_at_once_when_a_signal_is_already_there(store: SQLit
     assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["r1"]
 
 
-async def test_suspend_ignores_signals_of_other_names(store: SQLiteStore) -> None:
+async def test_suspend_ignores_signals_of_other_names(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     await store.send_signal("r1", "other", "1")
     await store.suspend_run(
@@ -375,7 +391,7 @@ async def test_suspend_ignores_signals_of_other_names(store: SQLiteStore) -> Non
     assert await store.claim_runs("w1", 10, 30.0, WORKFLOWS) == []
 
 
-async def test_suspend_with_a_timer(store: SQLiteStore) -> None:
+async def test_suspend_with_a_timer(store: AnyStore) -> None:
     fence = await claimed(store, "r1")
     wake = time.time() + 0.05
     await store.suspend_run(fence, wake_at=wake, signal_names=frozenset(), child_ids=frozenset())
@@ -385,7 +401,7 @@ async def test_suspend_with_a_timer(store: SQLiteStore) -> None:
     assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["r1"]
 
 
-async def test_child_is_started_with_the_entry_and_wakes_the_parent(store: SQLiteStore) -> None:
+async def test_child_is_started_with_the_entry_and_wakes_the_parent(store: AnyStore) -> None:
     parent = await claimed(store, "p")
     await store.append_entry(
         parent,
@@ -409,7 +425,7 @@ async def test_child_is_started_with_the_entry_and_wakes_the_parent(store: SQLit
     assert state.children["p:1"].result == "done"
 
 
-async def test_a_child_with_a_taken_run_id_writes_nothing(store: SQLiteStore) -> None:
+async def test_a_child_with_a_taken_run_id_writes_nothing(store: AnyStore) -> None:
     parent = await claimed(store, "p")
     await store.create_run(NewRun("taken", "flow", ARGS))
     for workflow in ("flow", "other"):
@@ -424,7 +440,7 @@ async def test_a_child_with_a_taken_run_id_writes_nothing(store: SQLiteStore) ->
     assert taken is not None and taken.parent_run_id is None
 
 
-async def test_suspend_wakes_at_once_when_a_child_already_ended(store: SQLiteStore) -> None:
+async def test_suspend_wakes_at_once_when_a_child_already_ended(store: AnyStore) -> None:
     parent = await claimed(store, "p")
     await store.append_entry(
         parent,
@@ -440,7 +456,7 @@ async def test_suspend_wakes_at_once_when_a_child_already_ended(store: SQLiteSto
     assert [f.run_id for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)] == ["p"]
 
 
-async def test_cancel_cascades_to_unfinished_descendants(store: SQLiteStore) -> None:
+async def test_cancel_cascades_to_unfinished_descendants(store: AnyStore) -> None:
     await store.create_run(NewRun("p", "flow", ARGS))
     await store.create_run(NewRun("c1", "flow", ARGS, "p", 1))
     await store.create_run(NewRun("c2", "flow", ARGS, "p", 2))
@@ -459,41 +475,45 @@ async def test_cancel_cascades_to_unfinished_descendants(store: SQLiteStore) -> 
 
 # -- schema and pragmas -----------------------------------------------------------------
 async def test_migrations_are_recorded_and_applied_once(db_url: str) -> None:
-    store = SQLiteStore(db_url)
+    store = open_store(db_url)
     await store.open()
-    expected = [(m.version, m.name) for m in load_migrations("sqlite")]
-    recorded = rows(store, "SELECT version, name, applied_at FROM schema_migrations")
+    expected = [(m.version, m.name) for m in load_migrations(dialect(db_url))]
+    recorded = await rows(store, "SELECT version, name, applied_at FROM schema_migrations")
     assert [(v, n) for v, n, _ in recorded] == expected
     await store.create_run(NewRun("r1", "flow", ARGS))
     await store.close()
 
-    again = SQLiteStore(db_url)
+    again = open_store(db_url)
     await again.open()
-    assert rows(again, "SELECT version, name, applied_at FROM schema_migrations") == recorded
+    assert await rows(again, "SELECT version, name, applied_at FROM schema_migrations") == recorded
     assert (await again.get_run("r1")) is not None  # data survived, nothing re-created
     await again.close()
 
 
-async def test_two_stores_open_the_same_new_database(db_url: str) -> None:
-    a, b = SQLiteStore(db_url), SQLiteStore(db_url)
+async def test_two_stores_open_the_same_new_database(sqlite_url: str) -> None:
+    a, b = SQLiteStore(sqlite_url), SQLiteStore(sqlite_url)
     await asyncio.gather(a.open(), b.open())
-    assert rows(a, "SELECT count(*) FROM schema_migrations") == [(len(load_migrations("sqlite")),)]
+    count = len(load_migrations("sqlite"))
+    assert await rows(a, "SELECT count(*) FROM schema_migrations") == [(count,)]
     await a.create_run(NewRun("r1", "flow", ARGS))
     assert await b.get_run("r1") is not None
     await a.close()
     await b.close()
 
 
-async def test_wal_and_synchronous_full_by_default(store: SQLiteStore) -> None:
-    assert rows(store, "PRAGMA journal_mode") == [("wal",)]
-    assert rows(store, "PRAGMA synchronous") == [(2,)]
+async def test_wal_and_synchronous_full_by_default(sqlite_url: str) -> None:
+    store = SQLiteStore(sqlite_url)
+    await store.open()
+    assert await rows(store, "PRAGMA journal_mode") == [("wal",)]
+    assert await rows(store, "PRAGMA synchronous") == [(2,)]
+    await store.close()
 
 
 async def test_synchronous_normal_on_request(db_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{db_path}?synchronous=NORMAL")
     await store.open()
-    assert rows(store, "PRAGMA journal_mode") == [("wal",)]
-    assert rows(store, "PRAGMA synchronous") == [(1,)]
+    assert await rows(store, "PRAGMA journal_mode") == [("wal",)]
+    assert await rows(store, "PRAGMA synchronous") == [(1,)]
     await store.close()
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from tether import App, ConfigurationError
 from tether.storage import SQLiteStore, open_store
+from tether.storage._postgres import PostgresStore, parse_postgres_url
 from tether.storage._sqlite import parse_sqlite_url
 
 
@@ -26,7 +27,11 @@ def test_synchronous_option() -> None:
         ("sqlite:///t.db?synchronous=OFF", "synchronous"),
         ("mysql://localhost/db", "unsupported database URL"),
         ("tether.db", "unsupported database URL"),
-        ("postgresql://localhost/db", "PostgreSQL"),
+        ("postgresql://localhost", "names no database"),
+        ("postgresql://localhost/", "names no database"),
+        ("postgresql://localhost/db?pool_size=many", "pool_size must be a number"),
+        ("postgresql://localhost/db?pool_size=0", "pool_size must be > 0"),
+        ("postgresql://u:hunter2@localhost/?x=1", "u:\\*\\*\\*@localhost"),
     ],
 )
 def test_bad_urls_raise_configuration_error(url: str, fragment: str) -> None:
@@ -52,3 +57,27 @@ def test_app_rejects_a_bad_url_at_construction() -> None:
 def test_app_rejects_bad_options(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         App("sqlite:///x.db", **options)  # type: ignore[arg-type]
+
+
+def test_open_store_picks_postgres_for_both_schemes() -> None:
+    for scheme in ("postgresql", "postgres"):
+        store = open_store(f"{scheme}://me:secret@db.example:5432/tether?pool_size=4")
+        assert isinstance(store, PostgresStore)
+        assert store.pool_size == 4
+        assert "secret" not in store.display_url
+
+
+def test_postgres_url_passes_libpq_options_through() -> None:
+    conninfo, options = parse_postgres_url(
+        "postgres://u@h/db?sslmode=require&pool_timeout=2.5&connect_timeout=9"
+    )
+    assert conninfo == "postgresql://u@h/db?sslmode=require&connect_timeout=9"
+    assert options == {"pool_size": 10, "pool_timeout": 2.5}
+    # A default connect timeout, so an unreachable server fails in seconds, not minutes.
+    assert parse_postgres_url("postgresql://u@h/db")[0].endswith("connect_timeout=5")
+
+
+def test_postgres_error_messages_never_show_the_password() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store("postgresql://u:hunter2@localhost/db?pool_size=x")
+    assert "hunter2" not in str(info.value)

@@ -58,6 +58,8 @@ class RunHandle(Generic[R]):
         for a person, and ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self.app.poll_interval if self.app.worker is not None else 0.005
+        await self.app._ensure_open()
+        self.app._subscribe()  # where the backend can tell, the run's end wakes us
         while True:
             event = self.app._watch(self.run_id)
             run = await self.app.get_run(self.run_id)
@@ -108,21 +110,24 @@ class App:
         *,
         lease_seconds: float = 15.0,
         max_concurrency: int = 100,
-        poll_interval: float = 0.25,
+        poll_interval: float | None = None,
         shutdown_grace: float = 10.0,
     ) -> None:
         self.database_url = database_url or os.environ.get(
             "TETHER_DATABASE_URL", DEFAULT_DATABASE_URL
         )
-        if lease_seconds <= 0 or max_concurrency < 1 or poll_interval <= 0:
+        if lease_seconds <= 0 or max_concurrency < 1 or (poll_interval or 1) <= 0:
             raise ConfigurationError(
                 "lease_seconds and poll_interval must be > 0 and max_concurrency >= 1"
             )
         self.lease_seconds = float(lease_seconds)
         self.max_concurrency = int(max_concurrency)
-        self.poll_interval = float(poll_interval)
         self.shutdown_grace = float(shutdown_grace)
         self._store: Store = open_store(self.database_url)
+        # How often the worker looks for work nobody announced: 0.25 s on SQLite, 1 s on
+        # PostgreSQL, where LISTEN/NOTIFY announces it.
+        self.poll_interval = float(poll_interval or self._store.poll_interval)
+        self._subscribed = False
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, Step[Any, Any]] = {}
         self._worker: Worker | None = None
@@ -259,6 +264,7 @@ class App:
                 poll_interval=self.poll_interval,
                 shutdown_grace=self.shutdown_grace,
             )
+            self._subscribe()
             await self._worker.start()
 
     async def close(self) -> None:
@@ -281,6 +287,7 @@ class App:
         if self._opened:
             await self._store.close()
             self._opened = False
+            self._subscribed = False
 
     async def __aenter__(self) -> App:
         await self.open()
@@ -325,6 +332,18 @@ class App:
         event = self._watchers.pop(run_id, None)
         if event is not None:
             event.set()
+
+    def _subscribe(self) -> None:
+        """Hear what other processes do (PostgreSQL LISTEN/NOTIFY), once per open."""
+        if self._opened and not self._subscribed:
+            self._subscribed = True
+            self._store.subscribe(self._on_store_event)
+
+    def _on_store_event(self, kind: str, value: str) -> None:
+        if kind == "done":
+            self._notify(value)
+        if self._worker is not None:
+            self._worker.on_event(kind, value)
 
     # -- commands and queries -------------------------------------------------------------
     async def start(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import random as _random
 import time
 import uuid as _uuid
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import (
     ChildRunFailedError,
+    LeaseLostError,
     NondeterminismError,
     NotInWorkflowError,
     SerializationError,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from ._app import App
 
 __all__ = ["Context", "current_context"]
+
+log = logging.getLogger("tether.engine")
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "tether_context", default=None
@@ -171,7 +175,14 @@ class Context:
     async def _write(self, entry: NewEntry, **extra: Any) -> None:
         try:
             await self._store.append_entry(self._fence, entry, **extra)
-        except StorageError:  # includes LeaseLostError: another worker owns the run now
+        except LeaseLostError as exc:  # another worker owns the run now: stop here
+            log.warning(
+                "run %s: %s %r at seq %d not recorded: %s; another worker owns the run now",
+                self.run_id, entry.kind, entry.name, entry.seq, exc,
+            )  # fmt: skip
+            raise self._exit(Abandon()) from None
+        except StorageError as exc:
+            log.warning("run %s: seq %d not recorded: %s", self.run_id, entry.seq, exc)
             raise self._exit(Abandon()) from None
 
     def _begin(self) -> None:

@@ -64,6 +64,10 @@ class Worker:
         self._last_expiry = 0.0
         self._last_unknown_check = 0.0
         self._warned: set[str] = set()
+        self._deadline = 0.0  # when the claim loop next looks on its own (epoch seconds)
+        # Runs abandoned while the database was unreachable: their leases are handed back
+        # as soon as it answers again, so nobody waits for them to expire.
+        self._orphans: set[str] = set()
         self.claimed = 0
 
     @property
@@ -81,6 +85,26 @@ class Worker:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def on_event(self, kind: str, value: str) -> None:
+        """What another process announced (see ``Store.subscribe``)."""
+        if kind == "run":
+            if value in self.app.workflows:
+                self.wake()
+        elif kind == "timer":
+            wake_at, _, workflow = value.partition(":")
+            try:
+                due = float(wake_at)
+            except ValueError:
+                return
+            if workflow in self.app.workflows and due < self._deadline:
+                self.wake()  # sooner than the loop meant to look: look again
+        elif kind == "signal":
+            self.poke(value)
+        elif kind == "cancel":
+            self.cancel_local(value)
+        elif kind == "connected":
+            self.wake()  # announcements may have been missed while disconnected
 
     def poke(self, run_id: str) -> None:
         """A signal arrived for a run: if it executes here, let it look at once."""
@@ -113,6 +137,10 @@ class Worker:
             return 0
         if time.monotonic() - self._last_expiry > 1.0:
             await self._expire_dead()
+        if self._orphans:
+            orphans = sorted(self._orphans - set(self.active))
+            await self.store.release_runs(self.worker_id, orphans)
+            self._orphans.clear()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
         # only the new version knows waits for a new worker instead of failing here.
         fences = await self.store.claim_runs(
@@ -156,11 +184,14 @@ class Worker:
         finally:
             if self.active.get(fence.run_id) is asyncio.current_task():
                 del self.active[fence.run_id]
-            if outcome == Outcome.RELEASE:
+            if outcome in (Outcome.RELEASE, Outcome.ABANDONED):
+                # Abandoned: the lease was lost (this is a no-op then) or the database
+                # failed under the run; hand it back so no one waits for the lease to expire.
                 try:
                     await self.store.release_runs(self.worker_id, [fence.run_id])
                 except StorageError as exc:
                     log.warning("run %s: could not hand back (%s)", fence.run_id, exc)
+                    self._orphans.add(fence.run_id)
             self.app._notify(fence.run_id)
             self._wakeup.set()  # a slot is free, and a parent may have been woken
 
@@ -182,9 +213,10 @@ class Worker:
                         timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
                 await self._warn_unknown_workflows()
             except StorageError as exc:
-                backoff = min(5.0, max(0.1, backoff * 2))
+                backoff = min(2.0, max(0.1, backoff * 2))
                 log.warning("claiming failed (%s); retrying in %.1f s", exc, backoff)
                 timeout = backoff
+            self._deadline = time.time() + timeout
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:

@@ -11,7 +11,6 @@ others in the batch.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ from .._errors import (
 from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
 from . import _procs
 from ._migrations import load_migrations, split_statements
-from ._store import Fence, NewEntry, NewRun, WorkerInfo
+from ._rows import BLOB_THRESHOLD, RUN_COLUMNS, blob_hash, entry_from_row, run_from_row
+from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
 
 __all__ = ["SQLiteStore"]
 
@@ -42,56 +42,10 @@ log = logging.getLogger("tether.storage")
 
 T = TypeVar("T")
 
-# Values whose JSON is longer than this go to the content-addressed blob table.
-BLOB_THRESHOLD = 4096
 _TERMINAL = ("succeeded", "failed", "cancelled")
-_RUN_COLUMNS = (
-    "run_id, workflow, status, args, result, error, parent_run_id, parent_seq, created_at, "
-    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts"
-)
 _OWNED = (
     "SELECT 1 FROM runs WHERE run_id = ? AND lease_owner = ? AND fence = ? AND status = 'running'"
 )
-
-
-def _run_from_row(row: tuple[Any, ...]) -> Run:
-    return Run(
-        run_id=row[0],
-        workflow=row[1],
-        status=RunStatus(row[2]),
-        args=json.loads(row[3]),
-        result=None if row[4] is None else json.loads(row[4]),
-        error=None if row[5] is None else json.loads(row[5]),
-        parent_run_id=row[6],
-        parent_seq=row[7],
-        created_at=row[8],
-        updated_at=row[9],
-        wake_at=row[10],
-        lease_owner=row[11],
-        lease_expires_at=row[12],
-        fence=row[13],
-        attempts=row[14],
-    )
-
-
-def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
-    # row: run_id, seq, kind, name, status, input, output, error, started, finished, attempts
-    return JournalEntry(
-        run_id=row[0],
-        seq=row[1],
-        kind=row[2],
-        name=row[3],
-        status=EntryStatus(row[4]),
-        input=None if row[5] is None else json.loads(row[5]),
-        output=None if row[6] is None else json.loads(row[6]),
-        error=None if row[7] is None else json.loads(row[7]),
-        started_at=row[8],
-        finished_at=row[9],
-        attempts=row[10],
-        delivery=row[11],
-        after_delivery=row[12],
-        after_seq=row[13],
-    )
 
 
 _ENTRY_SELECT = """
@@ -140,6 +94,8 @@ def _switch_to_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> str:
 
 class SQLiteStore:
     """The embedded default backend."""
+
+    poll_interval = 0.25  # other processes on this file cannot notify: look often
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -212,6 +168,9 @@ class SQLiteStore:
         if self._conn is None:
             raise StorageError("the store is not open")
         return self._conn
+
+    def subscribe(self, handler: EventHandler) -> None:
+        """SQLite has no notifications between processes: workers poll instead."""
 
     # -- group commit -------------------------------------------------------------------
     def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
@@ -303,7 +262,7 @@ class SQLiteStore:
         """(inline, ref): large values are stored once, by content hash."""
         if text is None or len(text) <= BLOB_THRESHOLD:
             return text, None
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        digest = blob_hash(text)
         conn.execute(
             "INSERT OR IGNORE INTO blobs (hash, data, size) VALUES (?, ?, ?)",
             (digest, text, len(text)),
@@ -337,8 +296,8 @@ class SQLiteStore:
         return run, created
 
     async def get_run(self, run_id: str) -> Run | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
-        return _run_from_row(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return run_from_row(rows[0]) if rows else None
 
     async def list_runs(
         self,
@@ -357,14 +316,14 @@ class SQLiteStore:
             params.append(workflow)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            f"SELECT {_RUN_COLUMNS} FROM runs {clause} "
+            f"SELECT {RUN_COLUMNS} FROM runs {clause} "
             "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
-        return [_run_from_row(row) for row in rows]
+        return [run_from_row(row) for row in rows]
 
     async def list_entries(self, run_id: str) -> list[JournalEntry]:
-        return [_entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))]
+        return [entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))]
 
     async def list_signals(self, run_id: str) -> list[Signal]:
         return [
@@ -380,12 +339,12 @@ class SQLiteStore:
         run = await self.get_run(run_id)
         if run is None:
             raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-        entries = {row[1]: _entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
+        entries = {row[1]: entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
         signals = await self.list_signals(run_id)
         children: dict[str, Run] = {}
         if any(e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()):
-            rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_run_id = ?", (run_id,))
-            children = {row[0]: _run_from_row(row) for row in rows}
+            rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?", (run_id,))
+            children = {row[0]: run_from_row(row) for row in rows}
         return RunState(run, entries, signals, children)
 
     # -- commands -----------------------------------------------------------------------

@@ -8,12 +8,16 @@ write that changes a claimed run carries a :class:`Fence`; a backend must reject
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .._records import JournalEntry, Run, RunState, RunStatus, Signal
 
-__all__ = ["Fence", "NewEntry", "NewRun", "Store", "WorkerInfo"]
+__all__ = ["EventHandler", "Fence", "NewEntry", "NewRun", "Store", "WorkerInfo"]
+
+# Called with (kind, value) for what other processes did (see Store.subscribe).
+EventHandler = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +67,23 @@ class WorkerInfo:
 
 
 class Store(Protocol):
-    """The system of record. Implementations: ``SQLiteStore`` (PostgreSQL to follow)."""
+    """The system of record. Implementations: ``SQLiteStore``, ``PostgresStore``."""
 
     url: str
+    # How often a worker looks for work when nothing woke it: short where other processes
+    # cannot notify (SQLite), a slow safety net where they can (PostgreSQL).
+    poll_interval: float
 
     async def open(self, *, create: bool = True) -> None: ...
     async def close(self) -> None: ...
+
+    def subscribe(self, handler: EventHandler) -> None:
+        """Call ``handler(kind, value)`` when another process makes something happen:
+        ``run``/workflow (a run became runnable), ``timer``/"wake_at:workflow" (a run
+        parked until then), ``signal``/run_id, ``cancel``/run_id, ``done``/run_id (a run
+        ended or stopped for a person), and ``connected``/"" (the channel (re)connected,
+        so events may have been missed). A backend without notifications never calls it."""
+        ...
 
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:

@@ -1,0 +1,905 @@
+"""PostgreSQL store: many workers on many machines share one database.
+
+- **Group commit.** Every write goes through one queue per process, flushed by one task on
+  one connection: writes queued while a flush is in flight share the next transaction. A
+  flush of a single one-statement write runs in autocommit (one round trip).
+- **Fencing.** A write that advances a run checks, in the same statement, that the writer
+  still holds the lease, and takes a share lock on the run's row while it does: a claim by
+  another worker (``FOR UPDATE SKIP LOCKED``) can neither slip in between the check and the
+  commit, nor wait for it.
+- **Leases** are measured by the database server's clock, so workers on machines whose
+  clocks disagree still agree on who holds a run.
+- **Wake-ups** travel by ``LISTEN/NOTIFY`` on the channel ``tether``, sent inside the
+  transaction that makes a run runnable, so they arrive only once it is committed. Payloads:
+  ``run:<workflow>``, ``timer:<wake_at>:<workflow>``, ``signal:<run_id>``,
+  ``cancel:<run_id>``, ``done:<run_id>``. A lost connection is reconnected with backoff and
+  reported as ``connected``, since notifications may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .._errors import (
+    ConfigurationError,
+    DatabaseNotFoundError,
+    LeaseLostError,
+    RunIdConflictError,
+    RunNotFoundError,
+    StorageError,
+    TetherError,
+)
+from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
+from . import _procs
+from ._migrations import load_migrations, split_statements
+from ._rows import BLOB_THRESHOLD, RUN_COLUMNS, blob_hash, entry_from_row, run_from_row
+from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
+
+__all__ = ["PostgresStore", "parse_postgres_url"]
+
+log = logging.getLogger("tether.storage")
+
+T = TypeVar("T")
+Conn = AsyncConnection[tuple[Any, ...]]
+
+CHANNEL = "tether"
+# Serializes migrations between processes opening one database at once.
+_MIGRATION_LOCK = 0x7E7E_0001
+# The lease clock: the server's, so that workers whose clocks disagree agree on leases.
+_SERVER_NOW = "extract(epoch from statement_timestamp())::float8"
+_TERMINAL = "('succeeded', 'failed', 'cancelled')"
+_OWNED = (
+    "SELECT 1 FROM runs WHERE run_id = %s AND lease_owner = %s AND fence = %s "
+    "AND status = 'running' FOR SHARE"
+)
+_ENTRY_SELECT = """
+SELECT j.run_id, j.seq, j.kind, j.name, j.status,
+       COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
+       j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery, j.after_seq
+FROM journal j
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref
+WHERE j.run_id = %s ORDER BY j.seq
+"""
+# Options of ours in the URL's query string; everything else goes to libpq.
+_OPTIONS = {"pool_size": 10, "pool_timeout": 10.0}
+
+
+def parse_postgres_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``postgresql://user@host:port/db?pool_size=10&pool_timeout=10`` → (conninfo, options).
+
+    ``pool_size`` bounds this process's connections (plus one for notifications);
+    ``pool_timeout`` is how long an operation waits for a connection before failing.
+    Other query parameters (``sslmode``, ``connect_timeout``, ...) pass to libpq.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigurationError(f"not a PostgreSQL URL: {_redact(url)!r}")
+    if not parts.path.strip("/"):
+        raise ConfigurationError(
+            f"{_redact(url)!r} names no database; use postgresql://user@host:5432/dbname"
+        )
+    options: dict[str, Any] = dict(_OPTIONS)
+    passthrough = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _OPTIONS:
+            try:
+                options[key] = type(_OPTIONS[key])(value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{_redact(url)!r}: {key} must be a number, not {value!r}"
+                ) from None
+            if options[key] <= 0:
+                raise ConfigurationError(f"{_redact(url)!r}: {key} must be > 0")
+        else:
+            passthrough.append((key, value))
+    if not any(key == "connect_timeout" for key, _ in passthrough):
+        passthrough.append(("connect_timeout", "5"))
+    conninfo = urlunsplit(
+        ("postgresql", parts.netloc, parts.path, urlencode(passthrough), parts.fragment)
+    )
+    return conninfo, options
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(slots=True)
+class _Op:
+    run: Callable[[Conn], Awaitable[Any]]
+    future: asyncio.Future[Any]
+    single: bool  # one statement: may run in autocommit when it is alone in its flush
+
+
+class PostgresStore:
+    """The scale-out backend (psycopg 3, async, with psycopg-pool)."""
+
+    poll_interval = 1.0  # a safety net: LISTEN/NOTIFY does the waking
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.display_url = _redact(url)
+        self.conninfo, options = parse_postgres_url(url)
+        self.pool_size: int = options["pool_size"]
+        self.pool_timeout: float = options["pool_timeout"]
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._queue: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._handlers: list[EventHandler] = []
+        self._listener: asyncio.Task[None] | None = None
+        self.commits = 0  # committed write transactions, for tests and benchmarks
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self, *, create: bool = True) -> None:
+        if self._pool is not None:
+            return
+        try:
+            conn = await self._connect(create)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot connect to {self.display_url}: {_reason(exc)}") from exc
+        try:
+            await self._migrate(conn, create)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open {self.display_url}: {_reason(exc)}") from exc
+        finally:
+            await conn.close()
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=self.pool_timeout,
+            # Keep trying through an outage; each attempt backs off (1 s, 2 s, ... ).
+            reconnect_timeout=24 * 3600.0,
+            name="tether",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.pool_timeout)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StorageError(f"cannot connect to {self.display_url}: {exc}") from exc
+        self._pool = pool
+
+    async def _connect(self, create: bool) -> Conn:
+        try:
+            return await AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            if not create or "does not exist" not in str(exc):
+                raise
+        # The database itself is missing: create it, as a first worker would expect.
+        dbname = urlsplit(self.conninfo).path.lstrip("/")
+        admin = urlunsplit(urlsplit(self.conninfo)._replace(path="/postgres"))
+        async with await AsyncConnection.connect(admin, autocommit=True) as conn:
+            with contextlib.suppress(
+                psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
+            ):
+                await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        return await AsyncConnection.connect(self.conninfo, autocommit=True)
+
+    async def _migrate(self, conn: Conn, create: bool) -> None:
+        if not create:
+            cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                raise DatabaseNotFoundError(
+                    f"{self.display_url} holds no Tether schema; check TETHER_DATABASE_URL "
+                    "or start a worker to create it",
+                    path=self.display_url,
+                )
+        async with conn.transaction():
+            # Two processes opening a new database at once apply each migration once.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            applied = {row[0] for row in await cur.fetchall()}
+            for migration in load_migrations("postgres"):
+                if migration.version in applied:
+                    continue
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    async def close(self) -> None:
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        self._handlers.clear()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise StorageError("the store is not open")
+        return self._pool
+
+    def _error(self, what: str, exc: BaseException) -> TetherError:
+        if isinstance(exc, psycopg.DataError | TypeError | ValueError):
+            error: TetherError = TetherError(f"cannot store this value: {_reason(exc)}")
+        else:
+            error = StorageError(f"{self.display_url}: {what} failed: {_reason(exc)}")
+        error.__cause__ = exc
+        return error
+
+    # -- notifications ------------------------------------------------------------------
+    def subscribe(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+        if self._listener is None and self._pool is not None:
+            self._listener = asyncio.create_task(self._listen(), name="tether-listen")
+
+    def _dispatch(self, kind: str, value: str) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler(kind, value)
+            except Exception:
+                log.exception("event handler failed on %s:%s", kind, value)
+
+    async def _listen(self) -> None:
+        delay = 0.0
+        unsupported = False
+        while True:
+            try:
+                async with await AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    try:
+                        await conn.execute(f"LISTEN {CHANNEL}")
+                    except psycopg.errors.FeatureNotSupported as exc:
+                        if not unsupported:  # e.g. some distributed SQL engines
+                            log.warning("no LISTEN/NOTIFY (%s): workers will poll", exc)
+                            unsupported = True
+                        await asyncio.sleep(60.0)
+                        continue
+                    if delay:
+                        log.info("notification channel reconnected")
+                    delay = 0.0
+                    self._dispatch("connected", "")
+                    async for note in conn.notifies():
+                        kind, _, value = note.payload.partition(":")
+                        self._dispatch(kind, value)
+            except psycopg.Error as exc:
+                delay = min(2.0, max(0.05, delay * 2))
+                log.warning(
+                    "notification channel lost (%s); reconnecting in %.2f s", _reason(exc), delay
+                )
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    # -- group commit -------------------------------------------------------------------
+    def _write(self, run: Callable[[Conn], Awaitable[T]], *, single: bool = False) -> Awaitable[T]:
+        if self._pool is None:
+            raise StorageError("the store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Op(run, future, single))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="tether-flush")
+        return future
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._flush(batch)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, batch: list[_Op]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                if len(batch) == 1 and batch[0].single:
+                    await self._run_alone(conn, batch[0])
+                    return
+                outcomes = await self._run_batch(conn, batch)
+        except (psycopg.Error, PoolTimeout, StorageError) as exc:
+            if len(batch) > 1 and not _connection_lost(exc):
+                # One bad write (or a deadlock) must not fail its neighbours: one by one.
+                log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
+                for op in batch:
+                    await self._flush_alone(op)
+                return
+            error = self._error("write", exc)
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            return
+        except BaseException as exc:  # a value the driver cannot adapt, or cancellation
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(self._error("write", exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        for future, value, failure in outcomes:
+            if future.done():
+                continue
+            if failure is None:
+                future.set_result(value)
+            else:
+                future.set_exception(failure)
+
+    async def _run_batch(
+        self, conn: Conn, batch: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        async with conn.transaction():
+            for op in batch:
+                try:
+                    outcomes.append((op.future, await op.run(conn), None))
+                except TetherError as exc:  # this op only: it wrote nothing
+                    outcomes.append((op.future, None, exc))
+        return outcomes
+
+    async def _run_alone(self, conn: Conn, op: _Op) -> None:
+        try:
+            value = await op.run(conn)
+        except TetherError as exc:
+            if not op.future.done():
+                op.future.set_exception(exc)
+            return
+        self.commits += 1
+        if not op.future.done():
+            op.future.set_result(value)
+
+    async def _flush_alone(self, op: _Op) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                if op.single:
+                    await self._run_alone(conn, op)
+                    return
+                [(_, value, failure)] = await self._run_batch(conn, [op])
+        except Exception as exc:
+            if not op.future.done():
+                op.future.set_exception(self._error("write", exc))
+            return
+        self.commits += 1
+        if op.future.done():
+            return
+        if failure is None:
+            op.future.set_result(value)
+        else:
+            op.future.set_exception(failure)
+
+    async def _read(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(query.encode(), params)
+                return await cur.fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error("read", exc) from exc
+
+    # -- values -------------------------------------------------------------------------
+    @staticmethod
+    async def _value(conn: Conn, text: str | None) -> tuple[str | None, str | None]:
+        if text is None or len(text) <= BLOB_THRESHOLD:
+            return text, None
+        digest = blob_hash(text)
+        await conn.execute(
+            "INSERT INTO blobs (hash, data, size) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (digest, text, len(text)),
+        )
+        return None, digest
+
+    # -- runs ---------------------------------------------------------------------------
+    @staticmethod
+    async def _insert_run(conn: Conn, new: NewRun, now: float) -> bool:
+        cur = await conn.execute(
+            "WITH ins AS (INSERT INTO runs (run_id, workflow, status, args, parent_run_id, "
+            "parent_seq, created_at, updated_at) VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO NOTHING RETURNING workflow) "
+            "SELECT (SELECT count(pg_notify(%s, 'run:' || workflow)) FROM ins), "
+            "(SELECT workflow FROM runs WHERE run_id = %s)",
+            (
+                new.run_id,
+                new.workflow,
+                new.args_json,
+                new.parent_run_id,
+                new.parent_seq,
+                now,
+                now,
+                CHANNEL,
+                new.run_id,
+            ),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        if row[0]:
+            return True
+        existing = row[1]
+        if existing is None:
+            # Another transaction inserted it after this statement's snapshot was taken
+            # (the insert waited for it to commit): a new statement sees it.
+            cur = await conn.execute("SELECT workflow FROM runs WHERE run_id = %s", (new.run_id,))
+            found = await cur.fetchone()
+            if found is None:
+                raise StorageError(f"run {new.run_id!r} could not be created; try again")
+            existing = found[0]
+        if existing != new.workflow:
+            raise RunIdConflictError(
+                f"run_id {new.run_id!r} already belongs to a run of workflow {existing!r}, "
+                f"not {new.workflow!r}; choose another run_id",
+                run_id=new.run_id,
+            )
+        return False
+
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        created = await self._write(
+            lambda conn: self._insert_run(conn, new, time.time()), single=True
+        )
+        run = await self.get_run(new.run_id)
+        assert run is not None
+        return run, created
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = await self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+        return run_from_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = %s")
+            params.append(str(status))
+        if workflow is not None:
+            where.append("workflow = %s")
+            params.append(workflow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            f"SELECT {RUN_COLUMNS} FROM runs {clause} "
+            "ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
+            (*params, limit, offset),
+        )
+        return [run_from_row(row) for row in rows]
+
+    async def list_entries(self, run_id: str) -> list[JournalEntry]:
+        return [entry_from_row(row) for row in await self._read(_ENTRY_SELECT, (run_id,))]
+
+    async def list_signals(self, run_id: str) -> list[Signal]:
+        rows = await self._read(
+            "SELECT id, name, value, created_at FROM signals "
+            "WHERE run_id = %s AND consumed_seq IS NULL ORDER BY id",
+            (run_id,),
+        )
+        return [
+            Signal(row[0], run_id, row[1], None if row[2] is None else json.loads(row[2]), row[3])
+            for row in rows
+        ]
+
+    async def load_state(self, run_id: str) -> RunState:
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s".encode(), (run_id,)
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+                run = run_from_row(row)
+                cur = await conn.execute(_ENTRY_SELECT.encode(), (run_id,))
+                entries = {r[1]: entry_from_row(r) for r in await cur.fetchall()}
+                cur = await conn.execute(
+                    b"SELECT id, name, value, created_at FROM signals "
+                    b"WHERE run_id = %s AND consumed_seq IS NULL ORDER BY id",
+                    (run_id,),
+                )
+                signals = [
+                    Signal(r[0], run_id, r[1], None if r[2] is None else json.loads(r[2]), r[3])
+                    for r in await cur.fetchall()
+                ]
+                children: dict[str, Run] = {}
+                if any(
+                    e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()
+                ):
+                    cur = await conn.execute(
+                        f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = %s".encode(),
+                        (run_id,),
+                    )
+                    children = {r[0]: run_from_row(r) for r in await cur.fetchall()}
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error("read", exc) from exc
+        return RunState(run, entries, signals, children)
+
+    # -- commands -----------------------------------------------------------------------
+    async def send_signal(self, run_id: str, name: str, value_json: str) -> None:
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            # The share lock orders this against a suspend (which locks the row first):
+            # either the suspend sees the signal, or this sees the run waiting and wakes it.
+            cur = await conn.execute(
+                "SELECT status, workflow FROM runs WHERE run_id = %s FOR SHARE", (run_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            await conn.execute(
+                "INSERT INTO signals (run_id, name, value, created_at) VALUES (%s, %s, %s, %s)",
+                (run_id, name, value_json, now),
+            )
+            if row[0] == "waiting":
+                await conn.execute(
+                    "UPDATE runs SET wake_at = %s, updated_at = %s WHERE run_id = %s",
+                    (now, now, run_id),
+                )
+                await _notify(conn, f"run:{row[1]}")
+            elif row[0] == "running":  # its holder looks at its mailbox now
+                await _notify(conn, f"signal:{run_id}")
+
+        await self._write(op)
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            cur = await conn.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,))
+            if await cur.fetchone() is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            error = json.dumps({"type": "Cancelled", "message": reason})
+            todo = [run_id]
+            while todo:  # the run and, depth first, every unfinished descendant
+                current = todo.pop()
+                cur = await conn.execute(
+                    "UPDATE runs SET status = 'cancelled', error = %s, lease_owner = NULL, "
+                    "wake_at = NULL, updated_at = %s WHERE run_id = %s "
+                    f"AND status NOT IN {_TERMINAL} RETURNING parent_run_id",
+                    (error, now, current),
+                )
+                cancelled = await cur.fetchone()
+                if cancelled is not None:
+                    await _notify(conn, f"cancel:{current}")
+                    await _notify(conn, f"done:{current}")
+                    if cancelled[0] is not None:
+                        await self._wake(conn, cancelled[0], now)
+                cur = await conn.execute(
+                    "SELECT run_id FROM runs WHERE parent_run_id = %s "
+                    f"AND status NOT IN {_TERMINAL}",
+                    (current,),
+                )
+                todo.extend(r[0] for r in await cur.fetchall())
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    @staticmethod
+    async def _wake(conn: Conn, run_id: str, now: float) -> None:
+        """Wake a waiting run (a parent whose child ended)."""
+        await conn.execute(
+            "WITH w AS (UPDATE runs SET wake_at = %s, updated_at = %s "
+            "WHERE run_id = %s AND status = 'waiting' RETURNING workflow) "
+            "SELECT count(pg_notify(%s, 'run:' || workflow)) FROM w",
+            (now, now, run_id, CHANNEL),
+        )
+
+    # -- workers and leases -------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo) -> None:
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            await conn.execute(
+                "INSERT INTO workers VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+                (info.worker_id, info.host, info.boot_id, info.pid, info.pid_start, now, now),
+            )
+
+        await self._write(op, single=True)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM workers WHERE worker_id = %s", (worker_id,))
+
+        await self._write(op, single=True)
+
+    async def expire_dead_local_workers(self, me: WorkerInfo) -> int:
+        rows = await self._read(
+            "SELECT worker_id, boot_id, pid, pid_start FROM workers WHERE host = %s", (me.host,)
+        )
+        dead = [
+            row[0]
+            for row in rows
+            if row[0] != me.worker_id
+            and (
+                (row[1] != me.boot_id and "unknown" not in (row[1], me.boot_id))
+                or (row[1] == me.boot_id and not _procs.alive(row[2], row[3]))
+            )
+        ]
+        if not dead:
+            return 0
+
+        async def op(conn: Conn) -> int:
+            cur = await conn.execute(
+                "WITH gone AS (DELETE FROM workers WHERE worker_id = ANY(%s)) "
+                "UPDATE runs SET lease_expires_at = 0 "
+                "WHERE lease_owner = ANY(%s) AND status = 'running'",
+                (dead, dead),
+            )
+            return cur.rowcount
+
+        return int(await self._write(op, single=True))
+
+    async def pending_workflows(self) -> set[str]:
+        rows = await self._read("SELECT DISTINCT workflow FROM runs WHERE status = 'pending'")
+        return {row[0] for row in rows}
+
+    async def claim_runs(
+        self, worker_id: str, limit: int, lease_seconds: float, workflows: frozenset[str]
+    ) -> list[Fence]:
+        if not workflows:
+            return []
+        names = sorted(workflows)
+
+        async def op(conn: Conn) -> list[Fence]:
+            now = time.time()
+            # Three partial indexes feed the candidates; SKIP LOCKED lets workers claim side
+            # by side, and skips a run whose owner is writing to it right now.
+            cur = await conn.execute(
+                "WITH c AS (SELECT run_id FROM runs WHERE workflow = ANY(%s) AND ("
+                " status = 'pending'"
+                " OR (status = 'waiting' AND wake_at <= %s)"
+                f" OR (status = 'running' AND lease_expires_at < {_SERVER_NOW}))"
+                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "UPDATE runs r SET status = 'running', lease_owner = %s, "
+                f"lease_expires_at = {_SERVER_NOW} + %s, fence = r.fence + 1, "
+                "attempts = r.attempts + 1, wake_at = NULL, updated_at = %s "
+                "FROM c WHERE r.run_id = c.run_id RETURNING r.run_id, r.fence",
+                (names, now, limit, worker_id, lease_seconds, now),
+            )
+            return [Fence(row[0], worker_id, row[1]) for row in await cur.fetchall()]
+
+        return await self._write(op, single=True)
+
+    async def heartbeat(self, worker_id: str, run_ids: list[str], lease_seconds: float) -> set[str]:
+        async def op(conn: Conn) -> set[str]:
+            cur = await conn.execute(
+                "WITH w AS (UPDATE workers SET heartbeat_at = %s WHERE worker_id = %s) "
+                f"UPDATE runs SET lease_expires_at = {_SERVER_NOW} + %s "
+                "WHERE run_id = ANY(%s) AND lease_owner = %s AND status = 'running' "
+                "RETURNING run_id",
+                (time.time(), worker_id, lease_seconds, run_ids, worker_id),
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+        return await self._write(op, single=True)
+
+    async def release_runs(self, worker_id: str, run_ids: list[str]) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "WITH r AS (UPDATE runs SET status = 'pending', lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = %s "
+                "WHERE run_id = ANY(%s) AND lease_owner = %s AND status = 'running' "
+                "RETURNING workflow) "
+                "SELECT count(pg_notify(%s, 'run:' || workflow)) FROM (SELECT DISTINCT "
+                "workflow FROM r) d",
+                (time.time(), run_ids, worker_id, CHANNEL),
+            )
+
+        if run_ids:
+            await self._write(op, single=True)
+
+    async def next_wake_at(self, workflows: frozenset[str]) -> float | None:
+        if not workflows:
+            return None
+        names = sorted(workflows)
+        rows = await self._read(
+            "SELECT least("
+            " (SELECT min(wake_at) FROM runs WHERE status = 'waiting' AND workflow = ANY(%s)),"
+            " (SELECT min(lease_expires_at) FROM runs WHERE status = 'running'"
+            "  AND workflow = ANY(%s)))",
+            (names, names),
+        )
+        return rows[0][0] if rows else None
+
+    # -- journal writes -----------------------------------------------------------------
+    @staticmethod
+    async def _check(conn: Conn, fence: Fence) -> None:
+        cur = await conn.execute(_OWNED, (fence.run_id, fence.worker_id, fence.fence))
+        if await cur.fetchone() is None:
+            raise _lease_lost(fence)
+
+    async def append_entry(
+        self,
+        fence: Fence,
+        entry: NewEntry,
+        *,
+        consume_signal: int | None = None,
+        start_child: NewRun | None = None,
+    ) -> None:
+        blob = any(
+            v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
+        )
+        extra = consume_signal is not None or start_child is not None or blob
+
+        async def op(conn: Conn) -> None:
+            if extra:  # a stale writer must write nothing, not even a blob: check first
+                await self._check(conn, fence)
+            if start_child is not None and not await self._insert_run(
+                conn, start_child, time.time()
+            ):
+                raise RunIdConflictError(
+                    f"run_id {start_child.run_id!r} is already taken; a child run needs a "
+                    "new run_id",
+                    run_id=start_child.run_id,
+                )
+            input_inline, input_ref = await self._value(conn, entry.input_json)
+            output_inline, output_ref = await self._value(conn, entry.output_json)
+            # The fence check (with its share lock) is part of the insert: a plain step is
+            # one statement, one round trip.
+            cur = await conn.execute(
+                "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
+                "output, output_ref, error, started_at, finished_at, attempts, delivery, "
+                "after_delivery, after_seq) "
+                "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
+                f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) "
+                "ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, "
+                "output = EXCLUDED.output, output_ref = EXCLUDED.output_ref, "
+                "error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, "
+                "attempts = EXCLUDED.attempts, delivery = EXCLUDED.delivery",
+                (
+                    fence.run_id,
+                    entry.seq,
+                    entry.kind,
+                    entry.name,
+                    entry.status,
+                    input_inline,
+                    input_ref,
+                    output_inline,
+                    output_ref,
+                    entry.error_json,
+                    entry.started_at,
+                    entry.finished_at,
+                    entry.attempts,
+                    entry.delivery,
+                    entry.after_delivery,
+                    entry.after_seq,
+                    fence.run_id,
+                    fence.worker_id,
+                    fence.fence,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise _lease_lost(fence)
+            if consume_signal is not None:
+                await conn.execute(
+                    "UPDATE signals SET consumed_seq = %s WHERE id = %s AND consumed_seq IS NULL",
+                    (entry.seq, consume_signal),
+                )
+
+        await self._write(op, single=not extra)
+
+    async def finish_run(
+        self,
+        fence: Fence,
+        status: RunStatus,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+    ) -> None:
+        terminal = status.is_terminal
+
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            cur = await conn.execute(
+                "WITH fin AS (UPDATE runs SET status = %s, result = %s, error = %s, "
+                "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, updated_at = %s "
+                "WHERE run_id = %s AND lease_owner = %s AND fence = %s AND status = 'running' "
+                "RETURNING run_id, parent_run_id), "
+                "par AS (UPDATE runs p SET wake_at = %s, updated_at = %s FROM fin "
+                "WHERE %s AND p.run_id = fin.parent_run_id AND p.status = 'waiting' "
+                "RETURNING p.workflow) "
+                "SELECT (SELECT count(pg_notify(%s, 'done:' || run_id)) FROM fin), "
+                "(SELECT count(pg_notify(%s, 'run:' || workflow)) FROM par)",
+                (
+                    str(status),
+                    result_json,
+                    error_json,
+                    now,
+                    fence.run_id,
+                    fence.worker_id,
+                    fence.fence,
+                    now,
+                    now,
+                    terminal,
+                    CHANNEL,
+                    CHANNEL,
+                ),
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] != 1:
+                raise _lease_lost(fence)
+
+        await self._write(op, single=True)
+
+    async def suspend_run(
+        self,
+        fence: Fence,
+        *,
+        wake_at: float | None,
+        signal_names: frozenset[str],
+        child_ids: frozenset[str],
+    ) -> None:
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            # Park first: the row lock it takes orders this against send_signal and a
+            # child's finish_run, so the check below sees what they wrote, or they see the
+            # run waiting and wake it. A wake-up is never lost.
+            cur = await conn.execute(
+                "UPDATE runs SET status = 'waiting', wake_at = %s, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = %s "
+                "WHERE run_id = %s AND lease_owner = %s AND fence = %s AND status = 'running' "
+                "RETURNING workflow",
+                (wake_at, now, fence.run_id, fence.worker_id, fence.fence),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise _lease_lost(fence)
+            workflow = row[0]
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM signals WHERE run_id = %s AND name = ANY(%s) "
+                "AND consumed_seq IS NULL) OR EXISTS (SELECT 1 FROM runs WHERE "
+                f"run_id = ANY(%s) AND status IN {_TERMINAL})",
+                (fence.run_id, sorted(signal_names), sorted(child_ids)),
+            )
+            ready = await cur.fetchone()
+            if ready is not None and ready[0]:
+                await conn.execute(
+                    "UPDATE runs SET wake_at = %s WHERE run_id = %s", (now, fence.run_id)
+                )
+                await _notify(conn, f"run:{workflow}")
+            elif wake_at is not None:
+                await _notify(conn, f"timer:{wake_at!r}:{workflow}")
+
+        await self._write(op)
+
+
+async def _notify(conn: Conn, payload: str) -> None:
+    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def _lease_lost(fence: Fence) -> LeaseLostError:
+    return LeaseLostError(
+        f"run {fence.run_id!r}: lease lost (fence {fence.fence}); write rejected",
+        run_id=fence.run_id,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError | PoolTimeout) and not isinstance(
+        exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+    )

@@ -1,0 +1,172 @@
+"""What only the PostgreSQL store has: server-side locking, notifications, connection loss."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from conftest import SERVER_URL, with_database
+from tether import DatabaseNotFoundError, LeaseLostError, RunStatus, StorageError
+from tether.storage import NewEntry, NewRun
+from tether.storage._migrations import load_migrations
+from tether.storage._postgres import PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+WORKFLOWS = frozenset({"flow"})
+ARGS = json.dumps({"args": [], "kwargs": {}})
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(postgres_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def step_entry(seq: int, output: object) -> NewEntry:
+    now = time.time()
+    return NewEntry(seq, "step", "add", "completed", "{}", json.dumps(output), None, now, now)
+
+
+async def test_a_claim_in_flight_fences_out_a_write_racing_it(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """The fence check takes a share lock: a write that races a takeover waits for it to
+    commit, then sees the new fence and writes nothing (a plain EXISTS would read the old
+    row version and let the stale write through)."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [mine] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+        # Another worker's takeover, not yet committed.
+        await other.execute(
+            "UPDATE runs SET lease_owner = 'w2', fence = fence + 1 WHERE run_id = 'r1'"
+        )
+        write = asyncio.create_task(store.append_entry(mine, step_entry(1, "stale")))
+        await asyncio.sleep(0.3)
+        assert not write.done(), "the stale write did not wait for the takeover's lock"
+        await other.commit()
+        with pytest.raises(LeaseLostError):
+            await write
+    assert await store.list_entries("r1") == []
+
+
+async def test_a_claim_skips_a_run_whose_owner_is_writing(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [mine] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
+    await asyncio.sleep(0.05)  # the lease has expired, but the owner is mid-write
+    async with await psycopg.AsyncConnection.connect(postgres_url) as owner:
+        await owner.execute("SELECT 1 FROM runs WHERE run_id = 'r1' FOR SHARE")
+        assert await store.claim_runs("w2", 10, 30.0, WORKFLOWS) == []  # no wait, no claim
+        await owner.rollback()
+    [taken] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
+    assert taken.fence == mine.fence + 1
+
+
+async def test_notifications_announce_what_other_processes_did(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    seen: list[tuple[str, str]] = []
+    got = asyncio.Event()
+
+    def handler(kind: str, value: str) -> None:
+        seen.append((kind, value))
+        got.set()
+
+    listener = PostgresStore(postgres_url)
+    await listener.open()
+    try:
+        listener.subscribe(handler)
+
+        async def expect(kind: str, value: str) -> None:
+            deadline = time.monotonic() + 5
+            while (kind, value) not in seen:
+                got.clear()
+                assert time.monotonic() < deadline, f"no {kind}:{value} in {seen}"
+                await asyncio.wait_for(got.wait(), 5)
+
+        await expect("connected", "")
+        await store.create_run(NewRun("r1", "flow", ARGS))
+        await expect("run", "flow")
+        [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+        await store.send_signal("r1", "go", "1")
+        await expect("signal", "r1")
+        await store.suspend_run(
+            fence, wake_at=12345.5, signal_names=frozenset({"other"}), child_ids=frozenset()
+        )
+        await expect("timer", "12345.5:flow")
+        seen.clear()
+        await store.send_signal("r1", "other", "2")  # waiting on it: woken
+        await expect("run", "flow")
+        [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+        await store.finish_run(fence, RunStatus.SUCCEEDED, result_json="1")
+        await expect("done", "r1")
+        await store.create_run(NewRun("r2", "flow", ARGS))
+        await store.cancel_run("r2", "no")
+        await expect("cancel", "r2")
+    finally:
+        await listener.close()
+
+
+async def test_a_write_into_a_closed_connection_fails_cleanly_and_the_next_succeeds(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """The server ends every connection (as on a restart): the write in flight fails with
+    StorageError, and the pool reconnects for the next one."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    dbname = postgres_url.rsplit("/", 1)[1]
+    async with await psycopg.AsyncConnection.connect(SERVER_URL, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+    for _ in range(100):  # the pool replaces what it finds broken
+        try:
+            await store.create_run(NewRun("r2", "flow", ARGS))
+            break
+        except StorageError as exc:
+            assert "failed" in str(exc)
+            await asyncio.sleep(0.1)
+    assert await store.get_run("r2") is not None
+
+
+async def test_two_stores_create_and_migrate_one_new_database_at_once() -> None:
+    name = f"tether_t{os.getpid()}_fresh"
+    url = with_database(SERVER_URL, name)
+    a, b = PostgresStore(url), PostgresStore(url)
+    try:
+        await asyncio.gather(a.open(), b.open())
+        rows = await a._read("SELECT version, name FROM schema_migrations ORDER BY version")
+        assert rows == [(m.version, m.name) for m in load_migrations("postgres")]
+        await a.create_run(NewRun("r1", "flow", ARGS))
+        assert await b.get_run("r1") is not None
+    finally:
+        await a.close()
+        await b.close()
+        async with await psycopg.AsyncConnection.connect(SERVER_URL, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+async def test_open_without_create_on_a_database_without_tether(postgres_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("DROP TABLE schema_migrations")
+    store = PostgresStore(postgres_url)
+    with pytest.raises(DatabaseNotFoundError, match="holds no Tether schema"):
+        await store.open(create=False)
+
+
+async def test_an_unreachable_server_is_a_clear_error() -> None:
+    store = PostgresStore("postgresql://u:hunter2@127.0.0.1:1/nope?connect_timeout=2")
+    with pytest.raises(StorageError, match="cannot connect to postgresql://u:\\*\\*\\*@") as info:
+        await store.open()
+    assert "hunter2" not in str(info.value)
