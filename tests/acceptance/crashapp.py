@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import App, Context, LeaseLostError, Run, RunNotFoundError
+from tether.storage import _procs as procs
 from tether.storage._postgres import PostgresStore
 from tether.storage._sqlite import SQLiteStore
 
@@ -203,6 +204,18 @@ def build_app(db_url: str, *, lease_seconds: float = 30.0, **options: Any) -> Ap
         await _enter_async(label)
         return time.time()
 
+    @app.step
+    async def unit(label: str, delay: float) -> str:
+        await _enter_async(label)
+        await asyncio.sleep(delay)
+        return label
+
+    @app.workflow
+    async def fleet(ctx: Context, steps: int, delay: float) -> list[str]:
+        """Many of these run side by side in the multi-worker tests: each step's side
+        effect is labelled run_id/i, so a repeated execution shows up by name."""
+        return [await unit(f"{ctx.run_id}/{i}", delay) for i in range(1, steps + 1)]
+
     @app.workflow
     async def linear(ctx: Context, n: int) -> dict[str, Any]:
         total = 0
@@ -279,6 +292,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hang-blocking", action="store_true")
     p.add_argument("--ready", type=Path)
     p.add_argument("--kill", help="LABEL:PHASE")
+    p.add_argument("--host", help="present this worker as running on another machine")
+    p.add_argument("--concurrency", type=int, default=100)
     return p.parse_args(argv)
 
 
@@ -297,13 +312,18 @@ async def _child(args: argparse.Namespace) -> None:
         label, phase = args.kill.split(":")
         FAULTS.kill = (label, phase)
     _install_store_hooks(emit)
+    if args.host:
+        # Another machine: this worker cannot see the others' processes, so it can take
+        # their runs over only when their leases expire.
+        procs.host = lambda: args.host
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    app = build_app(args.db, lease_seconds=args.lease)
+    app = build_app(args.db, lease_seconds=args.lease, max_concurrency=args.concurrency)
     emit({"event": "opening", "t": time.time()})
     async with app:
-        emit({"event": "opened", "t": time.time()})
+        assert app.worker is not None
+        emit({"event": "opened", "t": time.time(), "worker_id": app.worker.worker_id})
         for workflow, run_id, args_json in args.start:
             await app.start(workflow, *json.loads(args_json), run_id=run_id)
             emit({"event": "started", "run_id": run_id})

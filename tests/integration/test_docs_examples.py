@@ -1,4 +1,7 @@
-"""Every runnable example in docs/, README.md and examples/ runs and exits 0."""
+"""Every runnable example in docs/, README.md and examples/ runs and exits 0.
+
+An example that names a PostgreSQL database runs against a fresh test database instead.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+POSTGRES_URL = re.compile(r"postgresql://[^\"']+")
 
 
 def _snippets() -> list[tuple[str, str]]:
@@ -24,8 +28,22 @@ def _snippets() -> list[tuple[str, str]]:
     return found
 
 
-@pytest.mark.parametrize(("name", "code"), _snippets(), ids=[n for n, _ in _snippets()])
-def test_example_runs(name: str, code: str, tmp_path: Path) -> None:
+def _cases() -> list[object]:
+    return [
+        pytest.param(name, code, id=name, marks=[pytest.mark.postgres])
+        if POSTGRES_URL.search(code)
+        else pytest.param(name, code, id=name)
+        for name, code in _snippets()
+    ]
+
+
+@pytest.mark.parametrize(("name", "code"), _cases())
+def test_example_runs(
+    name: str, code: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if POSTGRES_URL.search(code):
+        url = request.getfixturevalue("postgres_url")
+        code = POSTGRES_URL.sub(url, code)
     script = tmp_path / "example.py"
     script.write_text(code)
     proc = subprocess.run(

@@ -10,7 +10,14 @@ __all__ = ["alive", "boot_id", "host", "pid_start"]
 
 
 def host() -> str:
-    return socket.gethostname()
+    """This machine as far as process ids go: the host name and the pid namespace. Two
+    containers may share a host name and a kernel (boot id) but not a pid namespace, and
+    a pid seen from one means nothing in the other."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace.removeprefix('pid:')}"
 
 
 @cache
