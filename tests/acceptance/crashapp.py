@@ -457,26 +457,51 @@ class Snapshot:
 
 def snapshot(db_url: str, run_id: str) -> Snapshot:
     """Read a run and its journal through the App API (no worker), from this process."""
+    return snapshots(db_url, [run_id])[run_id]
 
-    async def read() -> Snapshot:
+
+def snapshots(db_url: str, run_ids: list[str]) -> dict[str, Snapshot]:
+    """``snapshot`` of many runs through one App, so that reading them all takes one open."""
+
+    async def read() -> dict[str, Snapshot]:
         app = App(db_url)
         await app.open(worker=False, create=False)
+        found: dict[str, Snapshot] = {}
         try:
-            try:
-                run: Run | None = await app.get_run(run_id)
-                entries = await app.get_journal(run_id)
-            except RunNotFoundError:
-                run, entries = None, []
+            for run_id in run_ids:
+                try:
+                    run: Run | None = await app.get_run(run_id)
+                    entries = await app.get_journal(run_id)
+                except RunNotFoundError:
+                    run, entries = None, []
+                steps = {
+                    e.input["args"][0]: e.output
+                    for e in entries
+                    if e.kind == "step" and e.status == "completed"
+                }
+                found[run_id] = Snapshot(run, steps, entries)
         finally:
             await app.close()
-        steps = {
-            e.input["args"][0]: e.output
-            for e in entries
-            if e.kind == "step" and e.status == "completed"
-        }
-        return Snapshot(run, steps, entries)
+        return found
 
     return asyncio.run(read())
+
+
+def start_runs(db_url: str, workflow: str, run_ids: list[str], *args: Any) -> None:
+    """Start many runs of one workflow (same arguments) from this process, without a
+    worker: whichever worker processes are running pick them up."""
+
+    async def start() -> None:
+        app = build_app(db_url)
+        await app.open(worker=False, create=False)
+        try:
+            for i in range(0, len(run_ids), 100):  # concurrent starts share commits
+                chunk = run_ids[i : i + 100]
+                await asyncio.gather(*(app.start(workflow, *args, run_id=r) for r in chunk))
+        finally:
+            await app.close()
+
+    asyncio.run(start())
 
 
 def list_runs(db_url: str) -> list[Run]:

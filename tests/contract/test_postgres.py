@@ -170,3 +170,22 @@ async def test_an_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(StorageError, match="cannot connect to postgresql://u:\\*\\*\\*@") as info:
         await store.open()
     assert "hunter2" not in str(info.value)
+
+
+async def test_next_wake_at_moves_lease_expiry_onto_this_processs_clock(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases run on the server's clock; a worker whose clock is 2 s ahead must still be
+    told to wait the whole time left (it used to be told "now", and spun on claims)."""
+    import types
+
+    import tether.storage._postgres as module
+
+    skewed = types.SimpleNamespace(time=lambda: time.time() + 2.0)
+    monkeypatch.setattr(module, "time", skewed)
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    await store.claim_runs("w1", 10, 3.0, WORKFLOWS)
+    due = await store.next_wake_at(WORKFLOWS)
+    assert due is not None
+    left = due - skewed.time()
+    assert 2.5 < left <= 3.0, left

@@ -38,9 +38,7 @@ def _cases() -> list[object]:
 
 
 @pytest.mark.parametrize(("name", "code"), _cases())
-def test_example_runs(
-    name: str, code: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_example_runs(name: str, code: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if POSTGRES_URL.search(code):
         url = request.getfixturevalue("postgres_url")
         code = POSTGRES_URL.sub(url, code)

@@ -712,14 +712,23 @@ class PostgresStore:
         if not workflows:
             return None
         names = sorted(workflows)
+        # Timers are on the workers' clock, leases on the server's: return the next lease
+        # expiry as time left, moved onto this process's clock, so that a worker whose
+        # clock runs ahead of the server's does not spin waiting for an expiry it thinks
+        # has passed.
         rows = await self._read(
-            "SELECT least("
-            " (SELECT min(wake_at) FROM runs WHERE status = 'waiting' AND workflow = ANY(%s)),"
+            "SELECT (SELECT min(wake_at) FROM runs WHERE status = 'waiting' "
+            " AND workflow = ANY(%s)),"
             " (SELECT min(lease_expires_at) FROM runs WHERE status = 'running'"
-            "  AND workflow = ANY(%s)))",
+            f"  AND workflow = ANY(%s)) - {_SERVER_NOW}",
             (names, names),
         )
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        timer, lease_left = rows[0]
+        lease = None if lease_left is None else time.time() + max(0.0, lease_left)
+        due = [t for t in (timer, lease) if t is not None]
+        return min(due) if due else None
 
     # -- journal writes -----------------------------------------------------------------
     @staticmethod
