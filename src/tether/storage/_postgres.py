@@ -169,8 +169,11 @@ class PostgresStore:
             kwargs={"autocommit": True},
             open=False,
             timeout=self.pool_timeout,
-            # Keep trying through an outage; each attempt backs off (1 s, 2 s, ... ).
-            reconnect_timeout=24 * 3600.0,
+            # The pool retries a broken connection with doubling delays for this long, then
+            # gives up on it; the next request for a connection starts afresh at once. A
+            # short window keeps the delays short: after an outage of any length the
+            # workers reconnect within about a second of the database coming back.
+            reconnect_timeout=5.0,
             name="tether",
         )
         try:
