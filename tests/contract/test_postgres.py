@@ -189,3 +189,111 @@ async def test_next_wake_at_moves_lease_expiry_onto_this_processs_clock(
     assert due is not None
     left = due - skewed.time()
     assert 2.5 < left <= 3.0, left
+
+
+async def test_a_child_ending_while_its_parent_parks_never_loses_the_wake_up(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """finish_run(child) and suspend_run(parent) from two processes at the same moment:
+    whichever commits first, the parent ends up runnable (never waiting with no wake-up)."""
+    other = PostgresStore(postgres_url)
+    await other.open()
+    try:
+        stuck = []
+        for i in range(60):
+            parent, child = f"p{i}", f"c{i}"
+            await store.create_run(NewRun(parent, "flow", ARGS))
+            [pf] = await store.claim_runs("w1", 1, 30.0, WORKFLOWS)
+            await store.append_entry(
+                pf,
+                NewEntry(1, "child", "flow", "waiting", json.dumps({"run_id": child})),
+                start_child=NewRun(child, "flow", ARGS, parent, 1),
+            )
+            [cf] = await other.claim_runs("w2", 1, 30.0, WORKFLOWS)
+            assert cf.run_id == child
+            await asyncio.gather(
+                other.finish_run(cf, RunStatus.SUCCEEDED, result_json="1"),
+                store.suspend_run(
+                    pf, wake_at=None, signal_names=frozenset(), child_ids=frozenset({child})
+                ),
+            )
+            run = await store.get_run(parent)
+            assert run is not None
+            if run.status is RunStatus.WAITING and run.wake_at is None:
+                stuck.append(parent)
+            else:
+                assert [f.run_id for f in await store.claim_runs("w1", 1, 30.0, WORKFLOWS)] == [
+                    parent
+                ]
+        assert stuck == []
+    finally:
+        await other.close()
+
+
+async def test_two_signals_at_once_to_a_waiting_run_both_arrive(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    other = PostgresStore(postgres_url)
+    await other.open()
+    try:
+        for i in range(15):
+            run_id = f"r{i}"
+            await store.create_run(NewRun(run_id, "flow", ARGS))
+            fences = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+            fence = next(f for f in fences if f.run_id == run_id)
+            await store.suspend_run(
+                fence, wake_at=None, signal_names=frozenset({"go"}), child_ids=frozenset()
+            )
+            await asyncio.gather(
+                store.send_signal(run_id, "go", "1"), other.send_signal(run_id, "go", "2")
+            )
+            assert sorted(s.value for s in await store.list_signals(run_id)) == [1, 2]
+            run = await store.get_run(run_id)
+            assert run is not None and run.wake_at is not None
+    finally:
+        await other.close()
+
+
+async def test_a_write_the_server_rejects_does_not_fail_its_batch_neighbours(
+    store: PostgresStore,
+) -> None:
+    async def bad(conn: object) -> None:
+        await conn.execute("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
+
+    results = await asyncio.gather(
+        store.create_run(NewRun("a", "flow", ARGS)),
+        store._write(bad),
+        store.create_run(NewRun("b", "flow", ARGS)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], StorageError)
+    assert not isinstance(results[0], BaseException)
+    assert not isinstance(results[2], BaseException)
+    assert await store.get_run("a") is not None
+    assert await store.get_run("b") is not None
+
+
+async def test_two_tasks_opening_one_store_share_one_pool(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await asyncio.gather(store.open(), store.open())
+    try:
+        assert await store.get_run("nope") is None
+    finally:
+        await store.close()
+    dbname = postgres_url.rsplit("/", 1)[1]
+    async with await psycopg.AsyncConnection.connect(SERVER_URL, autocommit=True) as admin:
+        for _ in range(50):  # closed connections leave pg_stat_activity a moment later
+            cur = await admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None and row[0] == 0, "a connection outlived close()"
+
+
+async def test_open_without_create_on_a_missing_database() -> None:
+    store = PostgresStore(with_database(SERVER_URL, f"tether_t{os.getpid()}_missing"))
+    with pytest.raises(DatabaseNotFoundError, match="no database at"):
+        await store.open(create=False)

@@ -216,3 +216,38 @@ def test_liveness_of_processes() -> None:
     assert _procs.alive(me, _procs.pid_start(me))
     assert not _procs.alive(me, "not-my-start-time")  # the pid was reused
     assert not _procs.alive(2**22 + 12345, "")  # no such process
+
+
+async def test_a_worker_that_reclaims_its_own_expired_run_does_not_hand_it_back_in_a_loop(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat stalls once past the lease: the worker's own claim loop takes the run
+    again and stops the old execution. That execution must not hand back the new claim
+    (same worker, status running), or the run is claimed, handed back and restarted
+    forever."""
+    from tether.engine import _worker
+
+    original = _worker.Worker._heartbeat
+
+    async def stalled_once(self: _worker.Worker) -> None:
+        await asyncio.sleep(1.6)
+        await original(self)
+
+    monkeypatch.setattr(_worker.Worker, "_heartbeat", stalled_once)
+    app = App(db_url, lease_seconds=1.0, poll_interval=0.05)
+    calls: list[float] = []
+
+    @app.step
+    async def work(i: int) -> int:
+        calls.append(time.time())
+        await asyncio.sleep(2.5)
+        return i
+
+    @app.workflow
+    async def flow(ctx: Context) -> int:
+        return await work(1)
+
+    async with app:
+        handle = await app.start(flow, run_id="r1")
+        assert await handle.result(timeout=20) == 1
+    assert 1 <= len(calls) <= 2, f"the step started {len(calls)} times"

@@ -52,7 +52,7 @@ def test_app_rejects_a_bad_url_at_construction() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"lease_seconds": 0}, {"max_concurrency": 0}, {"poll_interval": -1.0}],
+    [{"lease_seconds": 0}, {"max_concurrency": 0}, {"poll_interval": -1.0}, {"poll_interval": 0}],
 )
 def test_app_rejects_bad_options(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
@@ -81,3 +81,18 @@ def test_postgres_error_messages_never_show_the_password() -> None:
     with pytest.raises(ConfigurationError) as info:
         open_store("postgresql://u:hunter2@localhost/db?pool_size=x")
     assert "hunter2" not in str(info.value)
+
+
+def test_libpq_options_with_spaces_survive() -> None:
+    conninfo, _ = parse_postgres_url("postgresql://u@h/db?options=-c%20statement_timeout%3D5000")
+    assert "options=-c%20statement_timeout%3D5000" in conninfo
+
+
+def test_a_password_in_the_query_is_redacted_too() -> None:
+    from tether.storage import redact_url
+
+    assert redact_url("postgresql://u@h/db?sslmode=require&password=hunter2") == (
+        "postgresql://u@h/db?sslmode=require&password=***"
+    )
+    assert redact_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"

@@ -116,7 +116,11 @@ class App:
         self.database_url = database_url or os.environ.get(
             "TETHER_DATABASE_URL", DEFAULT_DATABASE_URL
         )
-        if lease_seconds <= 0 or max_concurrency < 1 or (poll_interval or 1) <= 0:
+        if (
+            lease_seconds <= 0
+            or max_concurrency < 1
+            or (poll_interval is not None and poll_interval <= 0)
+        ):
             raise ConfigurationError(
                 "lease_seconds and poll_interval must be > 0 and max_concurrency >= 1"
             )
@@ -126,7 +130,9 @@ class App:
         self._store: Store = open_store(self.database_url)
         # How often the worker looks for work nobody announced: 0.25 s on SQLite, 1 s on
         # PostgreSQL, where LISTEN/NOTIFY announces it.
-        self.poll_interval = float(poll_interval or self._store.poll_interval)
+        self.poll_interval = float(
+            self._store.poll_interval if poll_interval is None else poll_interval
+        )
         self._subscribed = False
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, Step[Any, Any]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -64,10 +65,9 @@ class Worker:
         self._last_expiry = 0.0
         self._last_unknown_check = 0.0
         self._warned: set[str] = set()
-        self._deadline = 0.0  # when the claim loop next looks on its own (epoch seconds)
-        # Runs abandoned while the database was unreachable: their leases are handed back
-        # as soon as it answers again, so nobody waits for them to expire.
-        self._orphans: set[str] = set()
+        # When the claim loop next looks on its own (epoch seconds); infinite while it is
+        # looking, so that nothing announced meanwhile is missed.
+        self._deadline = math.inf
         self.claimed = 0
 
     @property
@@ -137,10 +137,6 @@ class Worker:
             return 0
         if time.monotonic() - self._last_expiry > 1.0:
             await self._expire_dead()
-        if self._orphans:
-            orphans = sorted(self._orphans - set(self.active))
-            await self.store.release_runs(self.worker_id, orphans)
-            self._orphans.clear()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
         # only the new version knows waits for a new worker instead of failing here.
         fences = await self.store.claim_runs(
@@ -184,20 +180,18 @@ class Worker:
         finally:
             if self.active.get(fence.run_id) is asyncio.current_task():
                 del self.active[fence.run_id]
-            if outcome in (Outcome.RELEASE, Outcome.ABANDONED):
-                # Abandoned: the lease was lost (this is a no-op then) or the database
-                # failed under the run; hand it back so no one waits for the lease to expire.
+            if outcome == Outcome.RELEASE:
                 try:
                     await self.store.release_runs(self.worker_id, [fence.run_id])
                 except StorageError as exc:
                     log.warning("run %s: could not hand back (%s)", fence.run_id, exc)
-                    self._orphans.add(fence.run_id)
             self.app._notify(fence.run_id)
             self._wakeup.set()  # a slot is free, and a parent may have been woken
 
     async def _loop(self) -> None:
         backoff = 0.0
         while not self._stopping:
+            self._deadline = math.inf
             try:
                 claimed = await self._claim()
                 backoff = 0.0

@@ -34,6 +34,7 @@ from rich.text import Text
 from .._errors import RunNotFoundError, TetherError
 from .._records import JournalEntry, Run, RunStatus
 from ..engine import App
+from ..storage import redact_url
 from ._render import run_report, runs_table
 from ._views import run_detail, run_summary
 
@@ -331,7 +332,7 @@ async def _serve(app: App, target: str) -> None:
         label = f"worker {worker.worker_id[:12]}"
         names = ", ".join(sorted(app.workflows)) or "none"
         _say(
-            f"{label} started: {target} on {app.database_url} (pid {os.getpid()}, "
+            f"{label} started: {target} on {redact_url(app.database_url)} (pid {os.getpid()}, "
             f"concurrency {app.max_concurrency}, workflows: {names})"
         )
         await stop.wait()
@@ -366,7 +367,8 @@ def worker(
     app = load_app(target)
     if explicit and app.database_url != explicit:
         raise CommandError(
-            f"--database-url is {explicit} but {target} is bound to {app.database_url}; "
+            f"--database-url is {redact_url(explicit)} but {target} is bound to "
+            f"{redact_url(app.database_url)}; "
             "create the App with App() so that it reads TETHER_DATABASE_URL, or drop "
             "--database-url",
             USAGE,

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from ._sqlite import SQLiteStore
 from ._store import Fence, NewEntry, NewRun, Store, WorkerInfo
-from ._url import open_store
+from ._url import open_store, redact_url
 
-__all__ = ["Fence", "NewEntry", "NewRun", "SQLiteStore", "Store", "WorkerInfo", "open_store"]
+__all__ = [
+    "Fence",
+    "NewEntry",
+    "NewRun",
+    "SQLiteStore",
+    "Store",
+    "WorkerInfo",
+    "open_store",
+    "redact_url",
+]

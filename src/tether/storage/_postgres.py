@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -47,6 +47,7 @@ from . import _procs
 from ._migrations import load_migrations, split_statements
 from ._rows import BLOB_THRESHOLD, RUN_COLUMNS, blob_hash, entry_from_row, run_from_row
 from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
+from ._url import redact_url as _redact
 
 __all__ = ["PostgresStore", "parse_postgres_url"]
 
@@ -61,6 +62,10 @@ _MIGRATION_LOCK = 0x7E7E_0001
 # The lease clock: the server's, so that workers whose clocks disagree agree on leases.
 _SERVER_NOW = "extract(epoch from statement_timestamp())::float8"
 _TERMINAL = "('succeeded', 'failed', 'cancelled')"
+# A timer is due when either the claiming worker's clock or the server's says so; "wake
+# now" is written on the server's clock. So a process whose clock runs ahead (or behind)
+# can neither postpone a wake-up nor make one wait.
+_DUE = f"greatest(%s, {_SERVER_NOW})"
 _OWNED = (
     "SELECT 1 FROM runs WHERE run_id = %s AND lease_owner = %s AND fence = %s "
     "AND status = 'running' FOR SHARE"
@@ -108,19 +113,18 @@ def parse_postgres_url(url: str) -> tuple[str, dict[str, Any]]:
             passthrough.append((key, value))
     if not any(key == "connect_timeout" for key, _ in passthrough):
         passthrough.append(("connect_timeout", "5"))
-    conninfo = urlunsplit(
-        ("postgresql", parts.netloc, parts.path, urlencode(passthrough), parts.fragment)
-    )
+    query = urlencode(passthrough, quote_via=quote)  # %20, not +: libpq decodes only %XX
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, query, parts.fragment))
     return conninfo, options
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+async def _configure(conn: Conn) -> None:
+    # A write waiting on a row lock holds up every write of this process behind it
+    # (heartbeats included): give up after a while and retry instead.
+    await conn.execute("SET lock_timeout = '5s'")
+
+
+_ATTEMPTS = 3  # tries of a write the server aborted for a deadlock or conflict
 
 
 @dataclass(slots=True)
@@ -146,12 +150,16 @@ class PostgresStore:
         self._flusher: asyncio.Task[None] | None = None
         self._handlers: list[EventHandler] = []
         self._listener: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
         self.commits = 0  # committed write transactions, for tests and benchmarks
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self, *, create: bool = True) -> None:
-        if self._pool is not None:
-            return
+        async with self._opening:  # two tasks opening at once must not build two pools
+            if self._pool is None:
+                await self._open(create)
+
+    async def _open(self, create: bool) -> None:
         try:
             conn = await self._connect(create)
         except psycopg.Error as exc:
@@ -167,6 +175,7 @@ class PostgresStore:
             min_size=1,
             max_size=self.pool_size,
             kwargs={"autocommit": True},
+            configure=_configure,
             open=False,
             timeout=self.pool_timeout,
             # The pool retries a broken connection with doubling delays for this long, then
@@ -187,8 +196,14 @@ class PostgresStore:
         try:
             return await AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
-            if not create or "does not exist" not in str(exc):
+            if "does not exist" not in str(exc) or "database" not in str(exc):
                 raise
+            if not create:
+                raise DatabaseNotFoundError(
+                    f"no database at {self.display_url}; check TETHER_DATABASE_URL or start "
+                    "a worker to create it",
+                    path=self.display_url,
+                ) from exc
         # The database itself is missing: create it, as a first worker would expect.
         dbname = urlsplit(self.conninfo).path.lstrip("/")
         admin = urlunsplit(urlsplit(self.conninfo)._replace(path="/postgres"))
@@ -273,7 +288,16 @@ class PostgresStore:
         unsupported = False
         while True:
             try:
-                async with await AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                async with await AsyncConnection.connect(
+                    # TCP keepalives: a connection a NAT dropped silently is noticed in
+                    # about a minute, not hours.
+                    self.conninfo,
+                    autocommit=True,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
+                ) as conn:
                     try:
                         await conn.execute(f"LISTEN {CHANNEL}")
                     except psycopg.errors.FeatureNotSupported as exc:
@@ -315,44 +339,30 @@ class PostgresStore:
             self._flusher = None
 
     async def _flush(self, batch: list[_Op]) -> None:
+        if len(batch) == 1:
+            await self._flush_alone(batch[0])
+            return
         try:
             async with self.pool.connection() as conn:
-                if len(batch) == 1 and batch[0].single:
-                    await self._run_alone(conn, batch[0])
-                    return
                 outcomes = await self._run_batch(conn, batch)
-        except (psycopg.Error, PoolTimeout, StorageError) as exc:
-            if len(batch) > 1 and not _connection_lost(exc):
-                # One bad write (or a deadlock) must not fail its neighbours: one by one.
-                log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
-                for op in batch:
-                    await self._flush_alone(op)
+        except asyncio.CancelledError as exc:
+            _fail(batch, self._error("write", exc))
+            raise
+        except Exception as exc:
+            if _connection_lost(exc):
+                _fail(batch, self._error("write", exc))
                 return
-            error = self._error("write", exc)
+            # One bad write (a value the server rejects, a deadlock) must not fail its
+            # neighbours: each goes again on its own.
+            log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(error)
-            return
-        except BaseException as exc:  # a value the driver cannot adapt, or cancellation
-            for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(self._error("write", exc))
-            if not isinstance(exc, Exception):
-                raise
+                await self._flush_alone(op)
             return
         self.commits += 1
-        for future, value, failure in outcomes:
-            if future.done():
-                continue
-            if failure is None:
-                future.set_result(value)
-            else:
-                future.set_exception(failure)
+        _settle(outcomes)
 
-    async def _run_batch(
-        self, conn: Conn, batch: list[_Op]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    async def _run_batch(self, conn: Conn, batch: list[_Op]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
         async with conn.transaction():
             for op in batch:
                 try:
@@ -361,35 +371,32 @@ class PostgresStore:
                     outcomes.append((op.future, None, exc))
         return outcomes
 
-    async def _run_alone(self, conn: Conn, op: _Op) -> None:
-        try:
-            value = await op.run(conn)
-        except TetherError as exc:
-            if not op.future.done():
-                op.future.set_exception(exc)
-            return
-        self.commits += 1
-        if not op.future.done():
-            op.future.set_result(value)
-
     async def _flush_alone(self, op: _Op) -> None:
-        try:
-            async with self.pool.connection() as conn:
-                if op.single:
-                    await self._run_alone(conn, op)
-                    return
-                [(_, value, failure)] = await self._run_batch(conn, [op])
-        except Exception as exc:
-            if not op.future.done():
-                op.future.set_exception(self._error("write", exc))
+        """One write in its own transaction (in autocommit if it is one statement),
+        retried when the server aborted it for a deadlock or a serialization conflict."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self.pool.connection() as conn:
+                    if op.single:
+                        try:
+                            outcome: _Outcome = (op.future, await op.run(conn), None)
+                        except TetherError as exc:
+                            outcome = (op.future, None, exc)
+                    else:
+                        [outcome] = await self._run_batch(conn, [op])
+            except asyncio.CancelledError as exc:
+                _fail([op], self._error("write", exc))
+                raise
+            except Exception as exc:
+                if _retryable(exc) and attempt < _ATTEMPTS:
+                    await asyncio.sleep(0.01 * attempt * (1 + random.random()))
+                    continue
+                _fail([op], self._error("write", exc))
+                return
+            if outcome[2] is None:
+                self.commits += 1
+            _settle([outcome])
             return
-        self.commits += 1
-        if op.future.done():
-            return
-        if failure is None:
-            op.future.set_result(value)
-        else:
-            op.future.set_exception(failure)
 
     async def _read(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -540,10 +547,12 @@ class PostgresStore:
     async def send_signal(self, run_id: str, name: str, value_json: str) -> None:
         async def op(conn: Conn) -> None:
             now = time.time()
-            # The share lock orders this against a suspend (which locks the row first):
+            # The row lock orders this against a suspend (which locks the row first):
             # either the suspend sees the signal, or this sees the run waiting and wakes it.
+            # (Not FOR SHARE: two signals at once would deadlock upgrading it.)
             cur = await conn.execute(
-                "SELECT status, workflow FROM runs WHERE run_id = %s FOR SHARE", (run_id,)
+                "SELECT status, workflow FROM runs WHERE run_id = %s FOR NO KEY UPDATE",
+                (run_id,),
             )
             row = await cur.fetchone()
             if row is None:
@@ -554,8 +563,8 @@ class PostgresStore:
             )
             if row[0] == "waiting":
                 await conn.execute(
-                    "UPDATE runs SET wake_at = %s, updated_at = %s WHERE run_id = %s",
-                    (now, now, run_id),
+                    f"UPDATE runs SET wake_at = {_SERVER_NOW}, updated_at = %s WHERE run_id = %s",
+                    (now, run_id),
                 )
                 await _notify(conn, f"run:{row[1]}")
             elif row[0] == "running":  # its holder looks at its mailbox now
@@ -600,11 +609,15 @@ class PostgresStore:
     @staticmethod
     async def _wake(conn: Conn, run_id: str, now: float) -> None:
         """Wake a waiting run (a parent whose child ended)."""
+        # No status condition in WHERE: a condition there is checked against the last
+        # committed row without waiting for a suspend in flight, and the wake-up would be
+        # lost. Lock the row, then decide on its current status.
         await conn.execute(
-            "WITH w AS (UPDATE runs SET wake_at = %s, updated_at = %s "
-            "WHERE run_id = %s AND status = 'waiting' RETURNING workflow) "
-            "SELECT count(pg_notify(%s, 'run:' || workflow)) FROM w",
-            (now, now, run_id, CHANNEL),
+            f"WITH w AS (UPDATE runs SET wake_at = CASE WHEN status = 'waiting' "
+            f"THEN {_SERVER_NOW} ELSE wake_at END, updated_at = %s "
+            "WHERE run_id = %s RETURNING workflow, status) "
+            "SELECT count(pg_notify(%s, 'run:' || workflow)) FROM w WHERE status = 'waiting'",
+            (now, run_id, CHANNEL),
         )
 
     # -- workers and leases -------------------------------------------------------------
@@ -670,7 +683,7 @@ class PostgresStore:
             cur = await conn.execute(
                 "WITH c AS (SELECT run_id FROM runs WHERE workflow = ANY(%s) AND ("
                 " status = 'pending'"
-                " OR (status = 'waiting' AND wake_at <= %s)"
+                f" OR (status = 'waiting' AND wake_at <= {_DUE})"
                 f" OR (status = 'running' AND lease_expires_at < {_SERVER_NOW}))"
                 " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
                 "UPDATE runs r SET status = 'running', lease_owner = %s, "
@@ -827,11 +840,13 @@ class PostgresStore:
                 "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, updated_at = %s "
                 "WHERE run_id = %s AND lease_owner = %s AND fence = %s AND status = 'running' "
                 "RETURNING run_id, parent_run_id), "
-                "par AS (UPDATE runs p SET wake_at = %s, updated_at = %s FROM fin "
-                "WHERE %s AND p.run_id = fin.parent_run_id AND p.status = 'waiting' "
-                "RETURNING p.workflow) "
+                # The parent's row is locked whatever its status (see _wake).
+                "par AS (UPDATE runs p SET wake_at = CASE WHEN p.status = 'waiting' "
+                f"THEN {_SERVER_NOW} ELSE p.wake_at END FROM fin "
+                "WHERE %s AND p.run_id = fin.parent_run_id RETURNING p.workflow, p.status) "
                 "SELECT (SELECT count(pg_notify(%s, 'done:' || run_id)) FROM fin), "
-                "(SELECT count(pg_notify(%s, 'run:' || workflow)) FROM par)",
+                "(SELECT count(pg_notify(%s, 'run:' || workflow)) FROM par "
+                "WHERE status = 'waiting')",
                 (
                     str(status),
                     result_json,
@@ -840,8 +855,6 @@ class PostgresStore:
                     fence.run_id,
                     fence.worker_id,
                     fence.fence,
-                    now,
-                    now,
                     terminal,
                     CHANNEL,
                     CHANNEL,
@@ -886,13 +899,41 @@ class PostgresStore:
             ready = await cur.fetchone()
             if ready is not None and ready[0]:
                 await conn.execute(
-                    "UPDATE runs SET wake_at = %s WHERE run_id = %s", (now, fence.run_id)
+                    f"UPDATE runs SET wake_at = {_SERVER_NOW} WHERE run_id = %s", (fence.run_id,)
                 )
                 await _notify(conn, f"run:{workflow}")
             elif wake_at is not None:
                 await _notify(conn, f"timer:{wake_at!r}:{workflow}")
 
         await self._write(op)
+
+
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, value, failure in outcomes:
+        if future.done():  # the awaiting task was cancelled
+            continue
+        if failure is None:
+            future.set_result(value)
+        else:
+            future.set_exception(failure)
+
+
+def _fail(batch: list[_Op], error: BaseException) -> None:
+    for op in batch:
+        if not op.future.done():
+            op.future.set_exception(error)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        psycopg.errors.DeadlockDetected
+        | psycopg.errors.SerializationFailure
+        | psycopg.errors.LockNotAvailable,
+    )
 
 
 async def _notify(conn: Conn, payload: str) -> None:
@@ -912,6 +953,4 @@ def _reason(exc: BaseException) -> str:
 
 
 def _connection_lost(exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.OperationalError | PoolTimeout) and not isinstance(
-        exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
-    )
+    return isinstance(exc, psycopg.OperationalError | PoolTimeout) and not _retryable(exc)

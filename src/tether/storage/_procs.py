@@ -9,15 +9,27 @@ from functools import cache
 __all__ = ["alive", "boot_id", "host", "pid_start"]
 
 
+@cache
 def host() -> str:
-    """This machine as far as process ids go: the host name and the pid namespace. Two
-    containers may share a host name and a kernel (boot id) but not a pid namespace, and
-    a pid seen from one means nothing in the other."""
+    """This machine as far as process ids go: host name, machine id and pid namespace.
+
+    Workers with the same identity judge each other's pids. Two machines may share a host
+    name (the machine id tells them apart) and two containers may share a host name and a
+    kernel (the pid namespace tells them apart): a pid seen from one means nothing in the
+    other."""
+    parts = [socket.gethostname()]
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii") as f:
+                parts.append(f.read().strip()[:12])
+            break
+        except OSError:
+            continue
     try:
-        namespace = os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"
+        parts.append(os.readlink("/proc/self/ns/pid").removeprefix("pid:"))
     except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()}/{namespace.removeprefix('pid:')}"
+        pass
+    return "/".join(part for part in parts if part)
 
 
 @cache

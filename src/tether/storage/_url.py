@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit, urlunsplit
+
 from .._errors import ConfigurationError
 from ._store import Store
 
-__all__ = ["open_store"]
+__all__ = ["open_store", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (in the user part or the query), for messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: show nothing of it that may be secret
+        return url.split("@")[-1]
+    netloc = parts.netloc
+    if password is not None:
+        netloc = netloc.replace(f":{password}@", ":***@", 1)
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def open_store(url: str) -> Store:
