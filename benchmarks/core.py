@@ -6,6 +6,11 @@ Usage::
     .venv/bin/python benchmarks/core.py --quick    # CI smoke, a few seconds
     .venv/bin/python benchmarks/core.py --json     # also write benchmarks/results/core-<date>.json
     .venv/bin/python benchmarks/core.py --json out.json
+    .venv/bin/python benchmarks/core.py --backend postgres [--quick] [--workers 1,2,4]
+
+``--backend postgres`` measures the PostgreSQL store instead (see ``_pgbench.py``: the step
+against the server's commit floor, worker processes sharing one database, failover after
+SIGKILL); the rest of this docstring is about the default, ``--backend sqlite``.
 
 What it measures (one table, printed next to the targets of issue 2):
 
@@ -621,6 +626,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tether core benchmark (see module docstring)")
     parser.add_argument("--quick", action="store_true", help="short CI smoke run (< 10 s)")
     parser.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="sqlite (default) or postgres (server: $TETHER_BENCH_POSTGRES_URL, default "
+        "postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N,N,...",
+        help="postgres: worker process counts for the concurrent runs (default 1,2,4)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="postgres: lease length for the failover measurement (default 2)",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="",
@@ -640,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
         resume: Coroutine[Any, Any, None] = recovery_resume(args.url, args.phase == "resume-warm")
         asyncio.run(resume)
         return 0
+    if args.backend == "postgres":
+        import _pgbench  # beside this file: the script's directory is on sys.path
+
+        return _pgbench.run_benchmark(args)
+    if args.workers is not None or args.lease is not None:
+        parser.error("--workers and --lease apply to --backend postgres only")
     return run_benchmark(args)
 
 

@@ -3,11 +3,14 @@ the harness, not asserted here: timing on a shared machine is not a test."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,4 +28,32 @@ def test_core_benchmark_quick_mode_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ms/step" in proc.stdout and "steps/s" in proc.stdout
     assert "synchronous=FULL" in proc.stdout
+    assert out.exists() and out.stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_core_benchmark_quick_mode_runs_on_postgres(postgres_template: str, tmp_path: Path) -> None:
+    # postgres_template: skipped without a server (failed under TETHER_REQUIRE_POSTGRES=1).
+    out = tmp_path / "core-postgres.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "core.py"),
+            "--backend",
+            "postgres",
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ms/step" in proc.stdout and "steps/s" in proc.stdout
+    assert "worker process" in proc.stdout and "failover" in proc.stdout
+    assert "synchronous_commit=" in proc.stdout
     assert out.exists() and out.stat().st_size > 0
