@@ -57,7 +57,10 @@ class RunHandle(Generic[R]):
         ``RunCancelledError``) if it did not succeed, ``RunNeedsAttentionError`` if it stopped
         for a person, and ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = self.app.poll_interval if self.app.worker is not None else 0.005
+        # This process's worker, or the store's notifications (PostgreSQL), wake us the
+        # moment the run ends or stops; without either, poll quickly at first.
+        notified = self.app.worker is not None or self.app.store.notifies
+        delay = self.app.poll_interval if notified else 0.005
         await self.app._ensure_open()
         self.app._subscribe()  # where the backend can tell, the run's end wakes us
         while True:

@@ -31,6 +31,8 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("tether.worker")
 
+CLAIM_BATCH = 50
+
 
 class Worker:
     def __init__(
@@ -139,8 +141,13 @@ class Worker:
             await self._expire_dead()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
         # only the new version knows waits for a new worker instead of failing here.
+        # At most CLAIM_BATCH at a time: the loop comes straight back for more, and other
+        # workers woken by the same notification get their share meanwhile.
         fences = await self.store.claim_runs(
-            self.worker_id, room, self.lease_seconds, frozenset(self.app.workflows)
+            self.worker_id,
+            min(room, CLAIM_BATCH),
+            self.lease_seconds,
+            frozenset(self.app.workflows),
         )
         for fence in fences:
             self.claimed += 1

@@ -66,9 +66,37 @@ _TERMINAL = "('succeeded', 'failed', 'cancelled')"
 # now" is written on the server's clock. So a process whose clock runs ahead (or behind)
 # can neither postpone a wake-up nor make one wait.
 _DUE = f"greatest(%s, {_SERVER_NOW})"
+# The fence check. The row is found by its key first (OFFSET 0 keeps the planner from
+# reaching for a partial index on status or owner, whose statistics swing as runs start
+# and end), locked FOR SHARE, then checked.
 _OWNED = (
-    "SELECT 1 FROM runs WHERE run_id = %s AND lease_owner = %s AND fence = %s "
-    "AND status = 'running' FOR SHARE"
+    "SELECT 1 FROM (SELECT lease_owner, fence, status FROM runs WHERE run_id = %s "
+    "OFFSET 0 FOR SHARE) o WHERE o.lease_owner = %s AND o.fence = %s AND o.status = 'running'"
+)
+_JOURNAL_COLUMNS = (
+    "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
+    "started_at, finished_at, attempts, delivery, after_delivery, after_seq"
+)
+_SEAL = (
+    "ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, "
+    "output = EXCLUDED.output, output_ref = EXCLUDED.output_ref, "
+    "error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, "
+    "attempts = EXCLUDED.attempts, delivery = EXCLUDED.delivery"
+)
+# Many plain journal writes of one flush as one statement: one row per write, each with
+# its own fence check, and RETURNING says which went through.
+_APPEND_MANY = (
+    f"INSERT INTO journal ({_JOURNAL_COLUMNS}) "
+    "SELECT v.run_id, v.seq, v.kind, v.name, v.status, v.input, NULL, v.output, NULL, "
+    "v.error, v.started_at, v.finished_at, v.attempts, v.delivery, v.after_delivery, "
+    "v.after_seq FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::int[], %s::int[], "
+    "%s::int[], %s::int[], %s::text[], %s::bigint[]) AS v(run_id, seq, kind, name, status, "
+    "input, output, error, started_at, finished_at, attempts, delivery, after_delivery, "
+    "after_seq, worker_id, fence) "
+    "WHERE EXISTS (SELECT 1 FROM (SELECT lease_owner, fence, status FROM runs r "
+    "WHERE r.run_id = v.run_id OFFSET 0 FOR SHARE) o WHERE o.lease_owner = v.worker_id "
+    f"AND o.fence = v.fence AND o.status = 'running') {_SEAL} RETURNING run_id, seq"
 )
 _ENTRY_SELECT = """
 SELECT j.run_id, j.seq, j.kind, j.name, j.status,
@@ -132,12 +160,15 @@ class _Op:
     run: Callable[[Conn], Awaitable[Any]]
     future: asyncio.Future[Any]
     single: bool  # one statement: may run in autocommit when it is alone in its flush
+    # A plain journal write (no blob, signal or child): its row for _APPEND_MANY.
+    row: tuple[Any, ...] | None = None
 
 
 class PostgresStore:
     """The scale-out backend (psycopg 3, async, with psycopg-pool)."""
 
     poll_interval = 1.0  # a safety net: LISTEN/NOTIFY does the waking
+    notifies = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -321,11 +352,17 @@ class PostgresStore:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
     # -- group commit -------------------------------------------------------------------
-    def _write(self, run: Callable[[Conn], Awaitable[T]], *, single: bool = False) -> Awaitable[T]:
+    def _write(
+        self,
+        run: Callable[[Conn], Awaitable[T]],
+        *,
+        single: bool = False,
+        row: tuple[Any, ...] | None = None,
+    ) -> Awaitable[T]:
         if self._pool is None:
             raise StorageError("the store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(run, future, single))
+        self._queue.append(_Op(run, future, single, row))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="tether-flush")
         return future
@@ -363,12 +400,35 @@ class PostgresStore:
 
     async def _run_batch(self, conn: Conn, batch: list[_Op]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
+        rows = [op for op in batch if op.row is not None]
+        keys = {(op.row[0], op.row[1]) for op in rows if op.row is not None}
+        if len(rows) < 2 or len(keys) < len(rows):  # (the same entry twice: one by one)
+            rows = []
         async with conn.transaction():
+            if rows:
+                outcomes.extend(await self._append_many(conn, rows))
             for op in batch:
+                if rows and op.row is not None:
+                    continue
                 try:
                     outcomes.append((op.future, await op.run(conn), None))
                 except TetherError as exc:  # this op only: it wrote nothing
                     outcomes.append((op.future, None, exc))
+        return outcomes
+
+    @staticmethod
+    async def _append_many(conn: Conn, ops: list[_Op]) -> list[_Outcome]:
+        columns = list(zip(*(op.row for op in ops if op.row is not None), strict=True))
+        cur = await conn.execute(_APPEND_MANY, [list(column) for column in columns])
+        written = {(row[0], row[1]) for row in await cur.fetchall()}
+        outcomes: list[_Outcome] = []
+        for op in ops:
+            assert op.row is not None
+            if (op.row[0], op.row[1]) in written:
+                outcomes.append((op.future, None, None))
+            else:
+                fence = Fence(op.row[0], op.row[14], op.row[15])
+                outcomes.append((op.future, None, _lease_lost(fence)))
         return outcomes
 
     async def _flush_alone(self, op: _Op) -> None:
@@ -512,23 +572,26 @@ class PostgresStore:
     async def load_state(self, run_id: str) -> RunState:
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s".encode(), (run_id,)
-                )
-                row = await cur.fetchone()
+                async with conn.pipeline():  # three reads, one round trip
+                    run_cur = await conn.execute(
+                        f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s".encode(), (run_id,)
+                    )
+                    entry_cur = await conn.execute(_ENTRY_SELECT.encode(), (run_id,))
+                    signal_cur = await conn.execute(
+                        b"SELECT id, name, value, created_at FROM signals "
+                        b"WHERE run_id = %s AND consumed_seq IS NULL ORDER BY id",
+                        (run_id,),
+                    )
+                    row = await run_cur.fetchone()
+                    entry_rows = await entry_cur.fetchall()
+                    signal_rows = await signal_cur.fetchall()
                 if row is None:
                     raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
                 run = run_from_row(row)
-                cur = await conn.execute(_ENTRY_SELECT.encode(), (run_id,))
-                entries = {r[1]: entry_from_row(r) for r in await cur.fetchall()}
-                cur = await conn.execute(
-                    b"SELECT id, name, value, created_at FROM signals "
-                    b"WHERE run_id = %s AND consumed_seq IS NULL ORDER BY id",
-                    (run_id,),
-                )
+                entries = {r[1]: entry_from_row(r) for r in entry_rows}
                 signals = [
                     Signal(r[0], run_id, r[1], None if r[2] is None else json.loads(r[2]), r[3])
-                    for r in await cur.fetchall()
+                    for r in signal_rows
                 ]
                 children: dict[str, Run] = {}
                 if any(
@@ -782,15 +845,9 @@ class PostgresStore:
             # The fence check (with its share lock) is part of the insert: a plain step is
             # one statement, one round trip.
             cur = await conn.execute(
-                "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
-                "output, output_ref, error, started_at, finished_at, attempts, delivery, "
-                "after_delivery, after_seq) "
+                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) "
                 "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
-                f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) "
-                "ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, "
-                "output = EXCLUDED.output, output_ref = EXCLUDED.output_ref, "
-                "error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, "
-                "attempts = EXCLUDED.attempts, delivery = EXCLUDED.delivery",
+                f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) {_SEAL}",
                 (
                     fence.run_id,
                     entry.seq,
@@ -821,7 +878,27 @@ class PostgresStore:
                     (entry.seq, consume_signal),
                 )
 
-        await self._write(op, single=not extra)
+        row = None
+        if not extra:  # batched with its neighbours' plain writes (see _APPEND_MANY)
+            row = (
+                fence.run_id,
+                entry.seq,
+                entry.kind,
+                entry.name,
+                entry.status,
+                entry.input_json,
+                entry.output_json,
+                entry.error_json,
+                entry.started_at,
+                entry.finished_at,
+                entry.attempts,
+                entry.delivery,
+                entry.after_delivery,
+                entry.after_seq,
+                fence.worker_id,
+                fence.fence,
+            )
+        await self._write(op, single=not extra, row=row)
 
     async def finish_run(
         self,

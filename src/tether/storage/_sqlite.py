@@ -96,6 +96,7 @@ class SQLiteStore:
     """The embedded default backend."""
 
     poll_interval = 0.25  # other processes on this file cannot notify: look often
+    notifies = False
 
     def __init__(self, url: str) -> None:
         self.url = url

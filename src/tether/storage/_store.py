@@ -73,6 +73,8 @@ class Store(Protocol):
     # How often a worker looks for work when nothing woke it: short where other processes
     # cannot notify (SQLite), a slow safety net where they can (PostgreSQL).
     poll_interval: float
+    # Whether ``subscribe`` hears other processes (a run's end wakes ``handle.result()``).
+    notifies: bool
 
     async def open(self, *, create: bool = True) -> None: ...
     async def close(self) -> None: ...
