@@ -141,13 +141,12 @@ class Worker:
             await self._expire_dead()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
         # only the new version knows waits for a new worker instead of failing here.
-        # At most CLAIM_BATCH at a time: the loop comes straight back for more, and other
-        # workers woken by the same notification get their share meanwhile.
+        # Where one notification wakes every worker (PostgreSQL), claim at most CLAIM_BATCH
+        # at a time: the loop comes straight back for more, and the other workers get
+        # their share meanwhile. Elsewhere, take all there is room for (bigger batches).
+        limit = min(room, CLAIM_BATCH) if self.store.notifies else room
         fences = await self.store.claim_runs(
-            self.worker_id,
-            min(room, CLAIM_BATCH),
-            self.lease_seconds,
-            frozenset(self.app.workflows),
+            self.worker_id, limit, self.lease_seconds, frozenset(self.app.workflows)
         )
         for fence in fences:
             self.claimed += 1
