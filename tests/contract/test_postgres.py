@@ -297,3 +297,64 @@ async def test_open_without_create_on_a_missing_database() -> None:
     store = PostgresStore(with_database(SERVER_URL, f"tether_t{os.getpid()}_missing"))
     with pytest.raises(DatabaseNotFoundError, match="no database at"):
         await store.open(create=False)
+
+
+async def test_a_flush_applies_writes_in_the_order_they_were_queued(
+    store: PostgresStore,
+) -> None:
+    """Plain journal writes are sent together, but never ahead of a cancel or a finish
+    queued before them: a step's result that arrives after the cancel is discarded."""
+    for i in range(4):
+        await store.create_run(NewRun(f"r{i}", "flow", ARGS))
+    fences = sorted(await store.claim_runs("w1", 10, 30.0, WORKFLOWS), key=lambda f: f.run_id)
+
+    async def slow(conn: object) -> None:
+        await conn.execute("SELECT pg_sleep(0.2)")  # type: ignore[attr-defined]
+
+    cases = [
+        (fences[0], lambda: store.cancel_run("r0", "stop"), fences[2]),
+        (fences[1], lambda: store.finish_run(fences[1], RunStatus.SUCCEEDED), fences[3]),
+    ]
+    for victim, end, bystander in cases:
+        in_flight = store._write(slow, single=True)  # the next writes share one flush
+        await asyncio.sleep(0.05)
+        ended = asyncio.ensure_future(end())
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(store.append_entry(victim, step_entry(1, "late")))
+        other = asyncio.ensure_future(store.append_entry(bystander, step_entry(1, "ok")))
+        await in_flight
+        results = await asyncio.gather(ended, late, other, return_exceptions=True)
+        assert isinstance(results[1], LeaseLostError), results
+        assert results[2] is None, results
+        assert await store.list_entries(victim.run_id) == []
+        assert [e.output for e in await store.list_entries(bystander.run_id)] == ["ok"]
+
+
+async def test_result_looks_again_when_the_notification_channel_connects(
+    postgres_url: str,
+) -> None:
+    """An end announced before LISTEN was active (or while it reconnected) is missed;
+    the channel's (re)connection makes every waiting result() read the run again instead
+    of sleeping a whole poll interval."""
+    from tether import App, Context
+
+    app = App(postgres_url, poll_interval=30)
+
+    @app.workflow
+    async def flow(ctx: Context) -> int:
+        return 1
+
+    await app.open(worker=False)
+    try:
+        handle = await app.start(flow, run_id="r1")
+        waiting = asyncio.ensure_future(handle.result(timeout=20))
+        await asyncio.sleep(0.2)
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as c:
+            # The run ends without a notification (as if sent before LISTEN was active).
+            await c.execute("UPDATE runs SET status = 'succeeded', result = '7'")
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        app._on_store_event("connected", "")
+        assert await asyncio.wait_for(waiting, 2) == 7
+    finally:
+        await app.close()

@@ -351,6 +351,11 @@ class App:
     def _on_store_event(self, kind: str, value: str) -> None:
         if kind == "done":
             self._notify(value)
+        elif kind == "connected":
+            # Ends announced before the channel was (re)connected were missed: every
+            # waiting result() looks again.
+            for run_id in list(self._watchers):
+                self._notify(run_id)
         if self._worker is not None:
             self._worker.on_event(kind, value)
 

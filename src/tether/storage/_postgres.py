@@ -399,17 +399,15 @@ class PostgresStore:
         _settle(outcomes)
 
     async def _run_batch(self, conn: Conn, batch: list[_Op]) -> list[_Outcome]:
+        """Apply the batch in queue order: a write queued after a cancel or a finish must
+        see it. Runs of consecutive plain journal writes go as one statement each."""
         outcomes: list[_Outcome] = []
-        rows = [op for op in batch if op.row is not None]
-        keys = {(op.row[0], op.row[1]) for op in rows if op.row is not None}
-        if len(rows) < 2 or len(keys) < len(rows):  # (the same entry twice: one by one)
-            rows = []
         async with conn.transaction():
-            if rows:
-                outcomes.extend(await self._append_many(conn, rows))
-            for op in batch:
-                if rows and op.row is not None:
+            for chunk in _chunks(batch):
+                if len(chunk) > 1:
+                    outcomes.extend(await self._append_many(conn, chunk))
                     continue
+                [op] = chunk
                 try:
                     outcomes.append((op.future, await op.run(conn), None))
                 except TetherError as exc:  # this op only: it wrote nothing
@@ -572,7 +570,7 @@ class PostgresStore:
     async def load_state(self, run_id: str) -> RunState:
         try:
             async with self.pool.connection() as conn:
-                async with conn.pipeline():  # three reads, one round trip
+                async with _pipeline(conn):  # three reads, one round trip
                     run_cur = await conn.execute(
                         f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s".encode(), (run_id,)
                     )
@@ -880,23 +878,23 @@ class PostgresStore:
 
         row = None
         if not extra:  # batched with its neighbours' plain writes (see _APPEND_MANY)
-            row = (
+            row = (  # one array per column: keep each column's type uniform
                 fence.run_id,
-                entry.seq,
+                int(entry.seq),
                 entry.kind,
                 entry.name,
                 entry.status,
                 entry.input_json,
                 entry.output_json,
                 entry.error_json,
-                entry.started_at,
-                entry.finished_at,
-                entry.attempts,
-                entry.delivery,
-                entry.after_delivery,
-                entry.after_seq,
+                _float(entry.started_at),
+                _float(entry.finished_at),
+                int(entry.attempts),
+                _int(entry.delivery),
+                _int(entry.after_delivery),
+                _int(entry.after_seq),
                 fence.worker_id,
-                fence.fence,
+                int(fence.fence),
             )
         await self._write(op, single=not extra, row=row)
 
@@ -988,6 +986,30 @@ class PostgresStore:
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
+def _chunks(batch: list[_Op]) -> list[list[_Op]]:
+    """Consecutive plain journal writes with distinct entries together; the rest alone."""
+    chunks: list[list[_Op]] = []
+    run: list[_Op] = []
+    keys: set[tuple[Any, Any]] = set()
+    for op in batch:
+        key = None if op.row is None else (op.row[0], op.row[1])
+        if key is not None and key not in keys:
+            run.append(op)
+            keys.add(key)
+            continue
+        if run:
+            chunks.append(run)
+            run, keys = [], set()
+        if key is not None:  # the same entry again: it starts the next group
+            run.append(op)
+            keys.add(key)
+        else:
+            chunks.append([op])
+    if run:
+        chunks.append(run)
+    return chunks
+
+
 def _settle(outcomes: list[_Outcome]) -> None:
     for future, value, failure in outcomes:
         if future.done():  # the awaiting task was cancelled
@@ -1013,8 +1035,23 @@ def _retryable(exc: BaseException) -> bool:
     )
 
 
+def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Pipeline mode where libpq has it (14+), else plain round trips."""
+    if psycopg.Pipeline.is_supported():
+        return conn.pipeline()
+    return contextlib.nullcontext()
+
+
 async def _notify(conn: Conn, payload: str) -> None:
     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _lease_lost(fence: Fence) -> LeaseLostError:
