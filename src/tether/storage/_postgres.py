@@ -36,8 +36,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .._errors import (
     ConfigurationError,
     DatabaseNotFoundError,
-    LeaseLostError,
-    RunIdConflictError,
     RunNotFoundError,
     StorageError,
     TetherError,
@@ -45,7 +43,20 @@ from .._errors import (
 from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
 from . import _procs
 from ._migrations import load_migrations, split_statements
-from ._rows import BLOB_THRESHOLD, RUN_COLUMNS, blob_hash, entry_from_row, run_from_row
+from ._rows import (
+    BLOB_THRESHOLD,
+    JOURNAL_COLUMNS,
+    RUN_COLUMNS,
+    blob_hash,
+    child_run_id_taken,
+    entry_from_row,
+    has_blob,
+    journal_params,
+    lease_lost,
+    run_from_row,
+    run_id_conflict,
+    signal_from_row,
+)
 from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
 from ._url import redact_url as _redact
 
@@ -73,10 +84,6 @@ _OWNED = (
     "SELECT 1 FROM (SELECT lease_owner, fence, status FROM runs WHERE run_id = %s "
     "OFFSET 0 FOR SHARE) o WHERE o.lease_owner = %s AND o.fence = %s AND o.status = 'running'"
 )
-_JOURNAL_COLUMNS = (
-    "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
-    "started_at, finished_at, attempts, delivery, after_delivery, after_seq"
-)
 _SEAL = (
     "ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, "
     "output = EXCLUDED.output, output_ref = EXCLUDED.output_ref, "
@@ -86,14 +93,11 @@ _SEAL = (
 # Many plain journal writes of one flush as one statement: one row per write, each with
 # its own fence check, and RETURNING says which went through.
 _APPEND_MANY = (
-    f"INSERT INTO journal ({_JOURNAL_COLUMNS}) "
-    "SELECT v.run_id, v.seq, v.kind, v.name, v.status, v.input, NULL, v.output, NULL, "
-    "v.error, v.started_at, v.finished_at, v.attempts, v.delivery, v.after_delivery, "
-    "v.after_seq FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::int[], %s::int[], "
-    "%s::int[], %s::int[], %s::text[], %s::bigint[]) AS v(run_id, seq, kind, name, status, "
-    "input, output, error, started_at, finished_at, attempts, delivery, after_delivery, "
-    "after_seq, worker_id, fence) "
+    f"INSERT INTO journal ({JOURNAL_COLUMNS}) SELECT {JOURNAL_COLUMNS} "
+    "FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::int[], "
+    "%s::int[], %s::int[], %s::int[], %s::text[], %s::bigint[]) "
+    f"AS v({JOURNAL_COLUMNS}, worker_id, fence) "
     "WHERE EXISTS (SELECT 1 FROM (SELECT lease_owner, fence, status FROM runs r "
     "WHERE r.run_id = v.run_id OFFSET 0 FOR SHARE) o WHERE o.lease_owner = v.worker_id "
     f"AND o.fence = v.fence AND o.status = 'running') {_SEAL} RETURNING run_id, seq"
@@ -425,8 +429,8 @@ class PostgresStore:
             if (op.row[0], op.row[1]) in written:
                 outcomes.append((op.future, None, None))
             else:
-                fence = Fence(op.row[0], op.row[14], op.row[15])
-                outcomes.append((op.future, None, _lease_lost(fence)))
+                fence = Fence(op.row[0], op.row[-2], op.row[-1])
+                outcomes.append((op.future, None, lease_lost(fence)))
         return outcomes
 
     async def _flush_alone(self, op: _Op) -> None:
@@ -511,11 +515,7 @@ class PostgresStore:
                 raise StorageError(f"run {new.run_id!r} could not be created; try again")
             existing = found[0]
         if existing != new.workflow:
-            raise RunIdConflictError(
-                f"run_id {new.run_id!r} already belongs to a run of workflow {existing!r}, "
-                f"not {new.workflow!r}; choose another run_id",
-                run_id=new.run_id,
-            )
+            raise run_id_conflict(new.run_id, existing, new.workflow)
         return False
 
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
@@ -562,10 +562,7 @@ class PostgresStore:
             "WHERE run_id = %s AND consumed_seq IS NULL ORDER BY id",
             (run_id,),
         )
-        return [
-            Signal(row[0], run_id, row[1], None if row[2] is None else json.loads(row[2]), row[3])
-            for row in rows
-        ]
+        return [signal_from_row(run_id, row) for row in rows]
 
     async def load_state(self, run_id: str) -> RunState:
         try:
@@ -587,10 +584,7 @@ class PostgresStore:
                     raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
                 run = run_from_row(row)
                 entries = {r[1]: entry_from_row(r) for r in entry_rows}
-                signals = [
-                    Signal(r[0], run_id, r[1], None if r[2] is None else json.loads(r[2]), r[3])
-                    for r in signal_rows
-                ]
+                signals = [signal_from_row(run_id, r) for r in signal_rows]
                 children: dict[str, Run] = {}
                 if any(
                     e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()
@@ -703,15 +697,7 @@ class PostgresStore:
         rows = await self._read(
             "SELECT worker_id, boot_id, pid, pid_start FROM workers WHERE host = %s", (me.host,)
         )
-        dead = [
-            row[0]
-            for row in rows
-            if row[0] != me.worker_id
-            and (
-                (row[1] != me.boot_id and "unknown" not in (row[1], me.boot_id))
-                or (row[1] == me.boot_id and not _procs.alive(row[2], row[3]))
-            )
-        ]
+        dead = _procs.dead_workers(me, rows)
         if not dead:
             return 0
 
@@ -812,7 +798,7 @@ class PostgresStore:
     async def _check(conn: Conn, fence: Fence) -> None:
         cur = await conn.execute(_OWNED, (fence.run_id, fence.worker_id, fence.fence))
         if await cur.fetchone() is None:
-            raise _lease_lost(fence)
+            raise lease_lost(fence)
 
     async def append_entry(
         self,
@@ -822,10 +808,7 @@ class PostgresStore:
         consume_signal: int | None = None,
         start_child: NewRun | None = None,
     ) -> None:
-        blob = any(
-            v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
-        )
-        extra = consume_signal is not None or start_child is not None or blob
+        extra = consume_signal is not None or start_child is not None or has_blob(entry)
 
         async def op(conn: Conn) -> None:
             if extra:  # a stale writer must write nothing, not even a blob: check first
@@ -833,43 +816,26 @@ class PostgresStore:
             if start_child is not None and not await self._insert_run(
                 conn, start_child, time.time()
             ):
-                raise RunIdConflictError(
-                    f"run_id {start_child.run_id!r} is already taken; a child run needs a "
-                    "new run_id",
-                    run_id=start_child.run_id,
-                )
+                raise child_run_id_taken(start_child.run_id)
             input_inline, input_ref = await self._value(conn, entry.input_json)
             output_inline, output_ref = await self._value(conn, entry.output_json)
             # The fence check (with its share lock) is part of the insert: a plain step is
             # one statement, one round trip.
             cur = await conn.execute(
-                f"INSERT INTO journal ({_JOURNAL_COLUMNS}) "
+                f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
                 "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
                 f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) {_SEAL}",
                 (
-                    fence.run_id,
-                    entry.seq,
-                    entry.kind,
-                    entry.name,
-                    entry.status,
-                    input_inline,
-                    input_ref,
-                    output_inline,
-                    output_ref,
-                    entry.error_json,
-                    entry.started_at,
-                    entry.finished_at,
-                    entry.attempts,
-                    entry.delivery,
-                    entry.after_delivery,
-                    entry.after_seq,
+                    *journal_params(
+                        fence, entry, (input_inline, input_ref, output_inline, output_ref)
+                    ),
                     fence.run_id,
                     fence.worker_id,
                     fence.fence,
                 ),
             )
             if cur.rowcount != 1:
-                raise _lease_lost(fence)
+                raise lease_lost(fence)
             if consume_signal is not None:
                 await conn.execute(
                     "UPDATE signals SET consumed_seq = %s WHERE id = %s AND consumed_seq IS NULL",
@@ -878,24 +844,8 @@ class PostgresStore:
 
         row = None
         if not extra:  # batched with its neighbours' plain writes (see _APPEND_MANY)
-            row = (  # one array per column: keep each column's type uniform
-                fence.run_id,
-                int(entry.seq),
-                entry.kind,
-                entry.name,
-                entry.status,
-                entry.input_json,
-                entry.output_json,
-                entry.error_json,
-                _float(entry.started_at),
-                _float(entry.finished_at),
-                int(entry.attempts),
-                _int(entry.delivery),
-                _int(entry.after_delivery),
-                _int(entry.after_seq),
-                fence.worker_id,
-                int(fence.fence),
-            )
+            values = (entry.input_json, None, entry.output_json, None)
+            row = (*journal_params(fence, entry, values), fence.worker_id, int(fence.fence))
         await self._write(op, single=not extra, row=row)
 
     async def finish_run(
@@ -937,7 +887,7 @@ class PostgresStore:
             )
             row = await cur.fetchone()
             if row is None or row[0] != 1:
-                raise _lease_lost(fence)
+                raise lease_lost(fence)
 
         await self._write(op, single=True)
 
@@ -963,7 +913,7 @@ class PostgresStore:
             )
             row = await cur.fetchone()
             if row is None:
-                raise _lease_lost(fence)
+                raise lease_lost(fence)
             workflow = row[0]
             cur = await conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM signals WHERE run_id = %s AND name = ANY(%s) "
@@ -1044,21 +994,6 @@ def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
 
 async def _notify(conn: Conn, payload: str) -> None:
     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-
-
-def _float(value: float | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int(value: int | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _lease_lost(fence: Fence) -> LeaseLostError:
-    return LeaseLostError(
-        f"run {fence.run_id!r}: lease lost (fence {fence.fence}); write rejected",
-        run_id=fence.run_id,
-    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from functools import cache
+from typing import Any
 
-__all__ = ["alive", "boot_id", "host", "pid_start"]
+from ._store import WorkerInfo
+
+__all__ = ["alive", "boot_id", "dead_workers", "host", "pid_start"]
 
 
 @cache
@@ -76,3 +80,17 @@ def alive(pid: int, start: str) -> bool:
         return False
     current = fields[19] if len(fields) > 19 else ""
     return not start or not current or current == start
+
+
+def dead_workers(me: WorkerInfo, rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Of the workers recorded on this host (rows: worker_id, boot_id, pid, pid_start),
+    those proven dead: the host rebooted since, or their process is gone."""
+    return [
+        row[0]
+        for row in rows
+        if row[0] != me.worker_id
+        and (
+            (row[1] != me.boot_id and "unknown" not in (row[1], me.boot_id))
+            or (row[1] == me.boot_id and not alive(row[2], row[3]))
+        )
+    ]

@@ -24,8 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 from .._errors import (
     ConfigurationError,
     DatabaseNotFoundError,
-    LeaseLostError,
-    RunIdConflictError,
     RunNotFoundError,
     StorageError,
     TetherError,
@@ -33,7 +31,20 @@ from .._errors import (
 from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
 from . import _procs
 from ._migrations import load_migrations, split_statements
-from ._rows import BLOB_THRESHOLD, RUN_COLUMNS, blob_hash, entry_from_row, run_from_row
+from ._rows import (
+    BLOB_THRESHOLD,
+    JOURNAL_COLUMNS,
+    RUN_COLUMNS,
+    blob_hash,
+    child_run_id_taken,
+    entry_from_row,
+    has_blob,
+    journal_params,
+    lease_lost,
+    run_from_row,
+    run_id_conflict,
+    signal_from_row,
+)
 from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
 
 __all__ = ["SQLiteStore"]
@@ -283,11 +294,7 @@ class SQLiteStore:
             return True
         row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?", (new.run_id,)).fetchone()
         if row[0] != new.workflow:
-            raise RunIdConflictError(
-                f"run_id {new.run_id!r} already belongs to a run of workflow {row[0]!r}, "
-                f"not {new.workflow!r}; choose another run_id",
-                run_id=new.run_id,
-            )
+            raise run_id_conflict(new.run_id, row[0], new.workflow)
         return False
 
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
@@ -328,7 +335,7 @@ class SQLiteStore:
 
     async def list_signals(self, run_id: str) -> list[Signal]:
         return [
-            Signal(row[0], run_id, row[1], None if row[2] is None else json.loads(row[2]), row[3])
+            signal_from_row(run_id, row)
             for row in self._read(
                 "SELECT id, name, value, created_at FROM signals "
                 "WHERE run_id = ? AND consumed_seq IS NULL ORDER BY id",
@@ -428,15 +435,7 @@ class SQLiteStore:
         rows = self._read(
             "SELECT worker_id, boot_id, pid, pid_start FROM workers WHERE host = ?", (me.host,)
         )
-        dead = [
-            row[0]
-            for row in rows
-            if row[0] != me.worker_id
-            and (
-                (row[1] != me.boot_id and "unknown" not in (row[1], me.boot_id))
-                or (row[1] == me.boot_id and not _procs.alive(row[2], row[3]))
-            )
-        ]
+        dead = _procs.dead_workers(me, rows)
         if not dead:
             return 0
 
@@ -536,10 +535,7 @@ class SQLiteStore:
     @staticmethod
     def _check(conn: sqlite3.Connection, fence: Fence) -> None:
         if conn.execute(_OWNED, (fence.run_id, fence.worker_id, fence.fence)).fetchone() is None:
-            raise LeaseLostError(
-                f"run {fence.run_id!r}: lease lost (fence {fence.fence}); write rejected",
-                run_id=fence.run_id,
-            )
+            raise lease_lost(fence)
 
     async def append_entry(
         self,
@@ -551,9 +547,7 @@ class SQLiteStore:
     ) -> None:
         # A stale writer must write nothing, not even a blob: check the fence first
         # whenever the insert below is not the first write.
-        blob = any(
-            v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
-        )
+        blob = has_blob(entry)
 
         def op(conn: sqlite3.Connection) -> None:
             if consume_signal is not None or start_child is not None or blob:
@@ -561,40 +555,21 @@ class SQLiteStore:
             if start_child is not None and not self._insert_run(conn, start_child, time.time()):
                 # Insert the child first: a conflict must leave no waiting entry behind, or
                 # the parent would replay into a wait on a run that is not its child.
-                raise RunIdConflictError(
-                    f"run_id {start_child.run_id!r} is already taken; a child run needs a "
-                    "new run_id",
-                    run_id=start_child.run_id,
-                )
+                raise child_run_id_taken(start_child.run_id)
             input_inline, input_ref = self._value(conn, entry.input_json)
             output_inline, output_ref = self._value(conn, entry.output_json)
             # The fence check is part of the insert: a plain step is one statement.
             cur = conn.execute(
-                "INSERT INTO journal (run_id, seq, kind, name, status, input, input_ref, "
-                "output, output_ref, error, started_at, finished_at, attempts, delivery, "
-                "after_delivery, after_seq) "
+                f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
                 f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
                 "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
                 "output = excluded.output, output_ref = excluded.output_ref, "
                 "error = excluded.error, finished_at = excluded.finished_at, "
                 "attempts = excluded.attempts, delivery = excluded.delivery",
                 (
-                    fence.run_id,
-                    entry.seq,
-                    entry.kind,
-                    entry.name,
-                    entry.status,
-                    input_inline,
-                    input_ref,
-                    output_inline,
-                    output_ref,
-                    entry.error_json,
-                    entry.started_at,
-                    entry.finished_at,
-                    entry.attempts,
-                    entry.delivery,
-                    entry.after_delivery,
-                    entry.after_seq,
+                    *journal_params(
+                        fence, entry, (input_inline, input_ref, output_inline, output_ref)
+                    ),
                     fence.run_id,
                     fence.worker_id,
                     fence.fence,
