@@ -116,13 +116,6 @@ def with_database(url: str, dbname: str, **params: str) -> str:
     return urlunsplit(parts._replace(path=f"/{dbname}", query=query))
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
-
-
 def admin(sql: str) -> None:
     import psycopg
 
@@ -165,6 +158,8 @@ def bench_database() -> Iterator[str]:
 def server_info(url: str) -> dict[str, Any]:
     import psycopg
 
+    from tether.storage import redact_url
+
     settings = [
         "server_version",
         "fsync",
@@ -176,7 +171,7 @@ def server_info(url: str) -> dict[str, Any]:
         "shared_buffers",
         "max_connections",
     ]
-    info: dict[str, Any] = {"url": redact(url)}
+    info: dict[str, Any] = {"url": redact_url(url)}
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         for name in settings:
             row = conn.execute(f"SHOW {name}".encode()).fetchone()
@@ -344,15 +339,13 @@ def build_app(
     lease_seconds: float = 15.0,
     on_tick: Callable[[int], None] | None = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """An App with the SQLite benchmark's workflows (``chain``, ``fan``) and ``paced``, a
-    long run for the failover measurement. Parent and worker processes build the same."""
+    """The SQLite benchmark's App (``chain``, ``fan``) plus ``paced``, a long run for the
+    failover measurement. Parent and worker processes build the same."""
     from tether import App, Context
 
-    app = App(url, max_concurrency=max_concurrency, lease_seconds=lease_seconds)
-
-    @app.step
-    async def noop(i: int) -> int:
-        return i
+    built = core.build_app(url, max_concurrency=max_concurrency, lease_seconds=lease_seconds)
+    app: App = built[0]
+    _, chain, fan = built
 
     @app.step
     async def tick(i: int, pace: float) -> int:
@@ -362,21 +355,6 @@ def build_app(
         return i
 
     @app.workflow
-    async def chain(ctx: Context, n: int) -> float:
-        # Timed inside the workflow: only the durable steps, not start/claim/finish.
-        t0 = time.perf_counter()
-        for i in range(n):
-            await noop(i)
-        return time.perf_counter() - t0
-
-    @app.workflow
-    async def fan(ctx: Context, n: int) -> int:
-        total = 0
-        for i in range(n):
-            total += await noop(i)
-        return total
-
-    @app.workflow
     async def paced(ctx: Context, n: int, pace: float) -> int:
         total = 0
         for i in range(n):
@@ -384,10 +362,6 @@ def build_app(
         return total
 
     return app, chain, fan, paced
-
-
-def commits(app: Any) -> int:
-    return int(getattr(app.store, "commits", 0))
 
 
 # -- worker processes ---------------------------------------------------------------------
@@ -401,7 +375,7 @@ def worker_stats(app: Any, event: str) -> dict[str, Any]:
     return {
         "event": event,
         "pid": os.getpid(),
-        "commits": commits(app),
+        "commits": core.commits(app),
         "claimed": 0 if worker is None else worker.claimed,
         "cpu_s": t.user + t.system,
         "t": time.time(),
@@ -599,14 +573,14 @@ async def bench_chain(url: str, cfg: PgConfig) -> dict[str, Any]:
                 floors.append(floor.batch(cfg.floor_batch))
                 async_floors.append(await floor.async_batch(cfg.floor_batch))
                 trips.append(floor.round_trip(cfg.floor_batch // 2))
-                before = commits(app)
+                before = core.commits(app)
                 t0 = time.perf_counter()
                 handle = await app.start(chain, cfg.chain_steps, run_id=f"chain-{rep}")
                 inside = await handle.result(timeout=120)
                 total = time.perf_counter() - t0
                 per_step.append(inside / cfg.chain_steps * 1000)
                 end_to_end.append(total / cfg.chain_steps * 1000)
-                commit_counts.append(commits(app) - before)
+                commit_counts.append(core.commits(app) - before)
             # Before any connection closes: a server backend's CPU leaves /proc with it.
             out["background_cpu"] = background_cpu(cpu0, cpu_snapshot())
             out["chain_ms_per_step"] = statistics.median(per_step)
@@ -684,11 +658,11 @@ async def bench_fan_in_process(url: str, cfg: PgConfig) -> dict[str, Any]:
     async with app:
         await fan_round(app, fan, cfg, "inproc-warm", cfg.fan_warmup_runs)
         for rep in range(cfg.fan_reps):
-            before = commits(app)
+            before = core.commits(app)
             elapsed = await fan_round(app, fan, cfg, f"inproc-{rep}", cfg.fan_runs)
             steps = cfg.fan_runs * cfg.fan_steps
             rates.append(steps / elapsed)
-            batch.append(steps / max(1, commits(app) - before))
+            batch.append(steps / max(1, core.commits(app) - before))
     return {
         "fan_in_process_steps_per_s": statistics.median(rates),
         "fan_in_process_steps_per_s_all": rates,
@@ -719,7 +693,7 @@ async def bench_fan_processes(url: str, cfg: PgConfig, n: int, logdir: Path) -> 
             steps = cfg.fan_runs * cfg.fan_steps
             for rep in range(cfg.fan_reps):
                 before = [await w.stats() for w in workers]
-                parent_before = commits(app)
+                parent_before = core.commits(app)
                 snap0 = cpu_snapshot()
                 elapsed = await fan_round(app, fan, cfg, f"p{n}-{rep}", cfg.fan_runs)
                 snap1 = cpu_snapshot()
@@ -731,7 +705,7 @@ async def bench_fan_processes(url: str, cfg: PgConfig, n: int, logdir: Path) -> 
                         "steps_per_s": steps / elapsed,
                         "elapsed_s": elapsed,
                         "worker_commits": worker_commits,
-                        "parent_commits": commits(app) - parent_before,
+                        "parent_commits": core.commits(app) - parent_before,
                         "claimed": deltas(after, before, "claimed"),
                         "worker_cpu_s": worker_cpu,
                         "parent_cpu_s": snap1[2] - snap0[2],
@@ -882,10 +856,6 @@ def fmt_s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
 def table(rows: list[tuple[str, ...]]) -> list[str]:
     header = ("figure", "measured", "target", "")
     cells = [(*row, "", "", "")[:4] for row in rows]
@@ -912,7 +882,7 @@ def report(machine: dict[str, Any], server: dict[str, Any], f: dict[str, Any]) -
             "a. durable step, one 200-step run",
             f"{f['chain_ms_per_step']:.3f} ms/step",
             f"<= {TARGET_MS_PER_STEP} ms",
-            verdict(f["chain_ms_per_step"] <= TARGET_MS_PER_STEP),
+            core.verdict(f["chain_ms_per_step"] <= TARGET_MS_PER_STEP),
         ),
         ("   same, end to end (start..result)", f"{f['chain_ms_per_step_end_to_end']:.3f} ms/step"),
         ("   commits per 200-step run", f"{f['chain_commits_per_run']:.0f}"),
@@ -946,7 +916,7 @@ def report(machine: dict[str, Any], server: dict[str, Any], f: dict[str, Any]) -
             label = "   " + label[3:]
         m = fan["median_round"]
         rows += [
-            (label, f"{fan['steps_per_s']:,.0f} steps/s", target, verdict(ok)),
+            (label, f"{fan['steps_per_s']:,.0f} steps/s", target, core.verdict(ok)),
             (
                 "     commits: workers (parent)",
                 f"{'+'.join(str(c) for c in m['worker_commits'])} ({m['parent_commits']})",
@@ -1050,12 +1020,14 @@ def config_from(args: argparse.Namespace) -> PgConfig:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    from tether.storage import redact_url
+
     cfg = config_from(args)
     try:
         for name in drop_leftovers():
             print(f"dropped {name}, left by an earlier run", file=sys.stderr)
     except Exception as exc:
-        print(f"no PostgreSQL server at {redact(server_url())}: {exc}", file=sys.stderr)
+        print(f"no PostgreSQL server at {redact_url(server_url())}: {exc}", file=sys.stderr)
         return 2
     machine = pg_machine_info()
     figures: dict[str, Any] = {}

@@ -217,11 +217,12 @@ def bare_fdatasync_ms(path: Path, n: int = 200) -> float:
 
 
 # -- the workflows ------------------------------------------------------------------------
-def build_app(url: str, *, max_concurrency: int = 100) -> tuple[Any, Any, Any]:
-    """An App with a trivial step, a long chain workflow and a short (fan) workflow."""
+def build_app(url: str, *, max_concurrency: int = 100, **options: Any) -> tuple[Any, Any, Any]:
+    """An App with a trivial step, a long chain workflow and a short (fan) workflow;
+    ``options`` go to ``App``."""
     from tether import App, Context
 
-    app = App(url, max_concurrency=max_concurrency)
+    app = App(url, max_concurrency=max_concurrency, **options)
 
     @app.step
     async def noop(i: int) -> int:
