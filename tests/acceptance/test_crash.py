@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import time
@@ -146,6 +147,14 @@ def test_a_paused_worker_past_its_lease_cannot_overwrite_the_new_owner(
 
     lost = [e for e in first.read_events() if e["event"] == "lease_lost"]
     assert [(e["run_id"], e["seq"]) for e in lost] == [("x1", 2)]
+    # The rejected write is logged by the stale worker, and only by it.
+    stale_log = first.stderr.read_text()
+    rejected = re.compile(
+        r"run x1: step '[^']*whoami' at seq 2 not recorded: .*lease lost.*; "
+        r"another worker owns the run now"
+    )
+    assert rejected.search(stale_log), f"the rejected write was not logged:\n{stale_log}"
+    assert "not recorded" not in second.stderr.read_text()
     # The first worker sees the second's result, not its own.
     assert first.event("result")["result"] == second.event("result")["result"]
 
