@@ -23,6 +23,8 @@ SERVER_URL = os.environ.get(
     "TETHER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 _PREFIX = f"tether_t{os.getpid()}"
+# Tools with secret_params hash them with this key; no test writes ~/.config/tether.
+os.environ.setdefault("TETHER_SECRET_KEY", "tether-test-suite-key")
 _counter = itertools.count(1)
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from ._errors import (
+    ApprovalRejectedError,
     ChildRunFailedError,
     ConfigurationError,
     DatabaseNotFoundError,
+    EffectAbortedError,
+    EffectInDoubtError,
+    EffectStateError,
     LeaseLostError,
     NondeterminismError,
+    NotAttempted,
     NotInWorkflowError,
+    OutcomeUnknown,
     RegistrationError,
     RunCancelledError,
     RunFailedError,
@@ -20,25 +26,47 @@ from ._errors import (
     StepFailedError,
     StorageError,
     TetherError,
+    ToolDeniedError,
+    ToolFailedError,
     UnknownWorkflowError,
 )
-from ._records import Effect, EntryStatus, JournalEntry, Run, RunStatus
-from .engine import App, Context, RunHandle, Step, Workflow
+from ._records import (
+    Decision,
+    Effect,
+    EffectRecord,
+    EffectState,
+    EntryStatus,
+    JournalEntry,
+    Run,
+    RunStatus,
+)
+from .engine import App, Context, Done, NotDone, RunHandle, Step, Tool, Workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ApprovalRejectedError",
     "ChildRunFailedError",
     "ConfigurationError",
     "Context",
     "DatabaseNotFoundError",
+    "Decision",
+    "Done",
     "Effect",
+    "EffectAbortedError",
+    "EffectInDoubtError",
+    "EffectRecord",
+    "EffectState",
+    "EffectStateError",
     "EntryStatus",
     "JournalEntry",
     "LeaseLostError",
     "NondeterminismError",
+    "NotAttempted",
+    "NotDone",
     "NotInWorkflowError",
+    "OutcomeUnknown",
     "RegistrationError",
     "Run",
     "RunCancelledError",
@@ -54,6 +82,9 @@ __all__ = [
     "StepFailedError",
     "StorageError",
     "TetherError",
+    "Tool",
+    "ToolDeniedError",
+    "ToolFailedError",
     "UnknownWorkflowError",
     "Workflow",
 ]

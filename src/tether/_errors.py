@@ -16,11 +16,22 @@ Every error derives from one root and carries a stable ``code`` that the CLI and
     ├── NotInWorkflowError            a durable call made outside a workflow
     ├── NondeterminismError           replay does not match the journal
     ├── StepFailedError               a step raised after its retries (replayed identically)
+    │   └── ToolFailedError           a tool call did not produce a result
+    │       ├── ToolDeniedError       the policy denies this call
+    │       ├── ApprovalRejectedError a person rejected this call
+    │       └── EffectAbortedError    a person aborted an in-doubt call
+    ├── EffectInDoubtError            an irreversible call may or may not have happened
+    ├── EffectStateError              resolve/approve asked of an effect not in that state
     ├── ChildRunFailedError           a child run failed or was cancelled
     ├── SignalTimeoutError            ``ctx.wait_signal`` timed out (also a TimeoutError)
     └── RunFailedError                ``handle.result()`` of a run that did not succeed
         ├── RunCancelledError
         └── RunNeedsAttentionError
+
+``NotAttempted`` and ``OutcomeUnknown`` are not errors of Tether's: a tool raises the first
+to say that the outside world was certainly not touched (so that even an irreversible call
+may be retried), the second to say it cannot tell (so that an irreversible call is treated
+as in doubt, not as failed).
 
 Engine control flow (suspending a run, losing a lease) does not use these: it derives from
 ``BaseException`` so that a workflow's ``except Exception`` cannot swallow it.
@@ -31,12 +42,18 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ApprovalRejectedError",
     "ChildRunFailedError",
     "ConfigurationError",
     "DatabaseNotFoundError",
+    "EffectAbortedError",
+    "EffectInDoubtError",
+    "EffectStateError",
     "LeaseLostError",
     "NondeterminismError",
+    "NotAttempted",
     "NotInWorkflowError",
+    "OutcomeUnknown",
     "RegistrationError",
     "RunCancelledError",
     "RunFailedError",
@@ -48,6 +65,8 @@ __all__ = [
     "StepFailedError",
     "StorageError",
     "TetherError",
+    "ToolDeniedError",
+    "ToolFailedError",
     "UnknownWorkflowError",
 ]
 
@@ -146,6 +165,55 @@ class StepFailedError(TetherError):
     """
 
     code = "step_failed"
+
+
+class ToolFailedError(StepFailedError):
+    """A tool call did not produce a result: it raised after its retries, or was denied,
+    rejected or aborted. Replayed identically from the journal, like a step's error."""
+
+    code = "tool_failed"
+
+
+class ToolDeniedError(ToolFailedError):
+    """The policy denies this tool call; it was recorded and never made."""
+
+    code = "tool_denied"
+
+
+class ApprovalRejectedError(ToolFailedError):
+    """A person rejected this tool call; it was never made."""
+
+    code = "approval_rejected"
+
+
+class EffectAbortedError(ToolFailedError):
+    """A person aborted an in-doubt tool call (``tether resolve --abort``)."""
+
+    code = "effect_aborted"
+
+
+class EffectInDoubtError(TetherError):
+    """An irreversible tool call may or may not have happened (its intent is recorded, its
+    completion is not) and nothing can tell which: a person must resolve it."""
+
+    code = "effect_in_doubt"
+
+
+class EffectStateError(TetherError):
+    """The effect is not in a state that allows this (resolve, approve)."""
+
+    code = "effect_state"
+
+
+class NotAttempted(Exception):
+    """Raised by a tool to say the outside world was certainly not touched (the request was
+    never sent, or was refused before it acted). Only then is an irreversible tool retried."""
+
+
+class OutcomeUnknown(Exception):
+    """Raised by a tool that cannot tell whether its call acted (a timeout after the request
+    was sent). An irreversible call is then in doubt: its reconcile hook or a person
+    decides. A read or idempotent call is simply retried."""
 
 
 class ChildRunFailedError(TetherError):

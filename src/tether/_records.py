@@ -6,7 +6,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Effect", "EntryStatus", "JournalEntry", "Run", "RunState", "RunStatus", "Signal"]
+__all__ = [
+    "Decision",
+    "Effect",
+    "EffectRecord",
+    "EffectState",
+    "EntryStatus",
+    "JournalEntry",
+    "Run",
+    "RunState",
+    "RunStatus",
+    "Signal",
+]
 
 
 class RunStatus(enum.StrEnum):
@@ -42,13 +53,41 @@ class Effect(enum.StrEnum):
         return self.value
 
 
+class Decision(enum.StrEnum):
+    """The agency dial (DESIGN section 6): what happens when a tool is called."""
+
+    AUTO = "auto"  # call it
+    NOTIFY = "notify"  # call it, and tell a person
+    APPROVE = "approve"  # wait for a person to approve this one call
+    DENY = "deny"  # never call it
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class EntryStatus(enum.StrEnum):
     """A journal entry is ``completed`` (output) or ``failed`` (error) once sealed;
-    ``waiting`` marks a durable wait that is recorded but not resolved yet."""
+    ``waiting`` marks a durable wait that is recorded but not resolved yet; ``intent``
+    marks a tool call that may be in flight (its intent is committed, its completion not)."""
 
     COMPLETED = "completed"
     FAILED = "failed"
     WAITING = "waiting"
+    INTENT = "intent"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EffectState(enum.StrEnum):
+    """Where one tool call stands in the effect log."""
+
+    AWAITING_APPROVAL = "awaiting_approval"  # intent recorded; a person must approve
+    INTENT = "intent"  # the call may be in flight: intent committed, completion not
+    IN_DOUBT = "in_doubt"  # an irreversible call that may or may not have happened
+    RESOLVED = "resolved"  # a person decided; the run carries the decision out next
+    COMPLETED = "completed"
+    FAILED = "failed"
 
     def __str__(self) -> str:
         return self.value
@@ -81,7 +120,7 @@ class JournalEntry:
 
     run_id: str
     seq: int
-    kind: str  # step | sleep | signal | child | now | uuid | random
+    kind: str  # step | tool | sleep | signal | child | now | uuid | random
     name: str
     status: EntryStatus
     input: Any = None
@@ -112,6 +151,36 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class EffectRecord:
+    """One tool call in the effect log: its intent, its completion, and what people did."""
+
+    run_id: str
+    seq: int
+    tool: str
+    kind: Effect
+    state: EffectState
+    idempotency_key: str
+    args: Any  # decoded JSON; secret parameters appear only as keyed hashes
+    result: Any = None
+    error: dict[str, Any] | None = None
+    blast_radius: str | None = None
+    approval: Decision = Decision.AUTO  # what the tool declared
+    decision: Decision = Decision.AUTO  # what the policy decided for this call
+    tainted: bool = False  # the run had read untrusted content before this call
+    attempt: int = 1  # calls the engine authorized (a rerun after a crash adds one)
+    resolution: dict[str, Any] | None = None  # a person's pending decision
+    history: list[dict[str, Any]] = field(default_factory=list)
+    created_at: float = 0.0  # when the intent was first recorded
+    started_at: float | None = None  # when the latest call was authorized
+    finished_at: float | None = None
+    attempts: int = 1  # tries of the last call (retries with backoff)
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.state is EffectState.IN_DOUBT
+
+
+@dataclass(frozen=True, slots=True)
 class RunState:
     """Everything a worker needs to replay a run, read in one go."""
 
@@ -119,3 +188,5 @@ class RunState:
     entries: dict[int, JournalEntry]
     signals: list[Signal] = field(default_factory=list)
     children: dict[str, Run] = field(default_factory=dict)
+    # Effects whose call has no completion yet (after a crash, or awaiting approval).
+    effects: dict[int, EffectRecord] = field(default_factory=dict)

@@ -29,7 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether import App, Context, LeaseLostError, Run, RunNotFoundError
+from tether import (
+    App,
+    Context,
+    Done,
+    Effect,
+    LeaseLostError,
+    NotDone,
+    Run,
+    RunFailedError,
+    RunNotFoundError,
+)
 from tether.storage import _procs as procs
 from tether.storage._postgres import PostgresStore
 from tether.storage._sqlite import SQLiteStore
@@ -39,6 +49,9 @@ HERE = Path(__file__).resolve()
 # Where a kill happens inside one step: in its body before the side effect, in its body
 # after the side effect, or after the body returned but before the commit of its entry.
 PHASES = ("before", "after", "commit")
+# A tool call has one more: before the commit of its intent.
+TOOL_PHASES = ("intent", "before", "after", "commit")
+TOOL_KINDS = ("read", "idempotent", "irreversible", "reconciled")
 
 PROP_LABELS = tuple(f"p{i}" for i in range(1, 14))
 
@@ -68,11 +81,12 @@ def _maybe_kill(label: str, phase: str) -> None:
         _die()
 
 
-def record_effect(label: str) -> None:
-    """The step's side effect: one durable line per real execution."""
+def record_effect(label: str, key: str | None = None) -> None:
+    """The step's side effect: one durable line per real execution (with the idempotency
+    key a tool was given)."""
     if FAULTS.effects is None:
         return
-    line = json.dumps({"step": label, "pid": os.getpid(), "t": time.time()}) + "\n"
+    line = json.dumps({"step": label, "pid": os.getpid(), "t": time.time(), "key": key}) + "\n"
     fd = os.open(FAULTS.effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -81,10 +95,10 @@ def record_effect(label: str) -> None:
         os.close(fd)
 
 
-def _enter(label: str) -> bool:
+def _enter(label: str, key: str | None = None) -> bool:
     """Run the side effect with its kill points; True if this step should hang now."""
     _maybe_kill(label, "before")
-    record_effect(label)
+    record_effect(label, key)
     _maybe_kill(label, "after")
     if FAULTS.hang != label:
         return False
@@ -93,8 +107,8 @@ def _enter(label: str) -> bool:
     return True
 
 
-async def _enter_async(label: str) -> None:
-    if _enter(label):
+async def _enter_async(label: str, key: str | None = None) -> None:
+    if _enter(label, key):
         if FAULTS.hang_blocking:
             time.sleep(FAULTS.hang_seconds)  # noqa: ASYNC251 -- freezes the loop on purpose
         else:
@@ -145,10 +159,18 @@ def _hook_append(store_class: Any, emit: Callable[[dict[str, Any]], None]) -> No
     original_append = store_class.append_entry
 
     async def append_entry(self: Any, fence: Any, entry: Any, **extra: Any) -> None:
-        if FAULTS.kill is not None and FAULTS.kill[1] == "commit" and entry.kind == "step":
-            label = json.loads(entry.input_json)["args"][0]
-            if label == FAULTS.kill[0] and entry.status == "completed":
-                FAULTS.armed = True  # the next COMMIT would seal this entry: die first
+        if FAULTS.kill is not None and FAULTS.kill[1] in ("commit", "intent"):
+            # "commit": the write that would seal a step's or tool's entry; "intent": the
+            # write of a tool call's intent. The next COMMIT would make it durable: die first.
+            if entry.kind == "step":
+                label = json.loads(entry.input_json)["args"][0]
+            elif entry.kind == "tool":
+                label = json.loads(entry.input_json)["label"]
+            else:
+                label = None
+            phase = "intent" if entry.status == "intent" else "commit"
+            if label == FAULTS.kill[0] and phase == FAULTS.kill[1]:
+                FAULTS.armed = entry.status in ("intent", "completed")
         try:
             await original_append(self, fence, entry, **extra)
         except LeaseLostError:
@@ -209,6 +231,53 @@ def build_app(db_url: str, *, lease_seconds: float = 30.0, **options: Any) -> Ap
         await _enter_async(label)
         await asyncio.sleep(delay)
         return label
+
+    # Tools: the side effect is a line with the idempotency key the tool was given.
+    @app.tool(effect=Effect.READ)
+    async def fetch(label: str, x: int, *, idempotency_key: str) -> str:
+        await _enter_async(label, idempotency_key)
+        return f"{label}:{x}"
+
+    @app.tool(effect=Effect.IDEMPOTENT)
+    async def upsert(label: str, x: int, *, idempotency_key: str) -> str:
+        await _enter_async(label, idempotency_key)
+        return f"{label}:{x}"
+
+    @app.tool(effect=Effect.IRREVERSIBLE)
+    async def pay(label: str, x: int, *, idempotency_key: str) -> str:
+        await _enter_async(label, idempotency_key)
+        return f"{label}:{x}"
+
+    def find_payment(label: str, x: int, *, idempotency_key: str) -> Done | NotDone:
+        """Reconcile: look for the payment's line (its key) in the side-effect file."""
+        keys = {e.get("key") for e in read_effects(FAULTS.effects)} if FAULTS.effects else set()
+        return Done(f"{label}:{x}") if idempotency_key in keys else NotDone()
+
+    @app.tool(effect=Effect.IRREVERSIBLE, reconcile=find_payment)
+    async def pay_checked(label: str, x: int, *, idempotency_key: str) -> str:
+        await _enter_async(label, idempotency_key)
+        return f"{label}:{x}"
+
+    @app.tool(effect=Effect.IRREVERSIBLE, approval="approve")
+    async def refund(label: str, x: int, *, idempotency_key: str) -> str:
+        await _enter_async(label, idempotency_key)
+        return f"{label}:{x}"
+
+    tools = {
+        "read": fetch,
+        "idempotent": upsert,
+        "irreversible": pay,
+        "reconciled": pay_checked,
+        "approved": refund,
+    }
+
+    @app.workflow
+    async def effectful(ctx: Context, kind: str) -> dict[str, Any]:
+        """A step, one tool call of the given kind at seq 2 (labelled t-KIND), a step."""
+        a = await work("e1", 1)
+        out = await tools[kind](f"t-{kind}", a)
+        b = await work("e2", a)
+        return {"tool": out, "total": b}
 
     @app.workflow
     async def fleet(ctx: Context, steps: int, delay: float) -> list[str]:
@@ -328,7 +397,11 @@ async def _child(args: argparse.Namespace) -> None:
             await app.start(workflow, *json.loads(args_json), run_id=run_id)
             emit({"event": "started", "run_id": run_id})
         for run_id in args.wait:
-            result = await app.handle(run_id).result(timeout=120)
+            try:
+                result = await app.handle(run_id).result(timeout=120)
+            except RunFailedError as exc:  # failed, cancelled or stopped for a person
+                emit({"event": "result", "run_id": run_id, "error": exc.error, "t": time.time()})
+                continue
             emit({"event": "result", "run_id": run_id, "result": result, "t": time.time()})
         if args.serve:
             await stop.wait()

@@ -50,6 +50,11 @@ def test_example_runs(name: str, code: str, tmp_path: Path, request: pytest.Fixt
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")},
+        # XDG_CONFIG_HOME: an example with secret arguments creates its key file here.
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT / "src"),
+            "XDG_CONFIG_HOME": str(tmp_path),
+        },
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"

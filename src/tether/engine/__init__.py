@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from ._app import App, RunHandle
 from ._context import Context
-from ._functions import Step, Workflow
+from ._functions import Step, Tool, Workflow
+from ._tools import Done, NotDone
 
-__all__ = ["App", "Context", "RunHandle", "Step", "Workflow"]
+__all__ = [
+    "App",
+    "Context",
+    "Done",
+    "NotDone",
+    "RunHandle",
+    "Step",
+    "Tool",
+    "Workflow",
+]

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -13,6 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .._errors import (
     ConfigurationError,
+    EffectStateError,
     RegistrationError,
     RunCancelledError,
     RunFailedError,
@@ -21,11 +23,14 @@ from .._errors import (
     TetherError,
     UnknownWorkflowError,
 )
-from .._records import JournalEntry, Run, RunStatus
+from .._records import Decision, Effect, EffectRecord, JournalEntry, Run, RunStatus
 from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
-from ._functions import Step, Workflow
+from ._context import approval_signal
+from ._functions import Step, Tool, Workflow
 from ._registry import WorkflowDef, make_step, make_workflow
+from ._secrets import SecretHasher
+from ._tools import make_tool
 from ._worker import Worker
 
 __all__ = ["App", "RunHandle"]
@@ -115,6 +120,7 @@ class App:
         max_concurrency: int = 100,
         poll_interval: float | None = None,
         shutdown_grace: float = 10.0,
+        secret_key: str | bytes | None = None,
     ) -> None:
         self.database_url = database_url or os.environ.get(
             "TETHER_DATABASE_URL", DEFAULT_DATABASE_URL
@@ -139,6 +145,9 @@ class App:
         self._subscribed = False
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, Step[Any, Any]] = {}
+        self._tools: dict[str, Tool[Any, Any]] = {}
+        # Hashes the arguments tools declare secret (see _secrets.py for where the key is).
+        self._secrets = SecretHasher(secret_key)
         self._worker: Worker | None = None
         self._opened = False
         self._watchers: dict[str, asyncio.Event] = {}
@@ -214,6 +223,91 @@ class App:
             return step
 
         return register(fn) if fn is not None else register
+
+    @overload
+    def tool(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Tool[P, R]: ...
+    @overload
+    def tool(self, fn: Callable[P, R], /) -> Tool[P, R]: ...
+    @overload
+    def tool(
+        self,
+        /,
+        *,
+        effect: Effect | str,
+        name: str | None = None,
+        approval: Decision | str = Decision.AUTO,
+        blast_radius: str | None = None,
+        reconcile: Callable[..., Any] | None = None,
+        secret_params: tuple[str, ...] | list[str] = (),
+        untrusted_output: bool = False,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, Any]], Tool[P, Any]]: ...
+    def tool(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        effect: Effect | str | None = None,
+        name: str | None = None,
+        approval: Decision | str = Decision.AUTO,
+        blast_radius: str | None = None,
+        reconcile: Callable[..., Any] | None = None,
+        secret_params: tuple[str, ...] | list[str] = (),
+        untrusted_output: bool = False,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a tool: a call with a declared effect on the outside world (DESIGN
+        section 4). ``effect`` is required: ``Effect.READ`` (no side effect),
+        ``Effect.IDEMPOTENT`` (the callee deduplicates by ``idempotency_key``) or
+        ``Effect.IRREVERSIBLE`` (never made twice: after a crash its ``reconcile`` hook or
+        a person decides). A tool that declares an ``idempotency_key`` keyword parameter
+        gets one, stable for the call across retries and crashes. ``approval`` is the
+        default agency level; ``secret_params`` are stored only as keyed hashes;
+        ``untrusted_output`` marks the run tainted after the call. Retries as for steps;
+        an irreversible tool is retried only when it raises ``NotAttempted``."""
+
+        def register(f: Callable[..., Any]) -> Tool[Any, Any]:
+            if effect is None:
+                raise RegistrationError(
+                    f"tool {name or getattr(f, '__name__', f)!r} declares no effect; say "
+                    "what it does: @app.tool(effect=Effect.READ | Effect.IDEMPOTENT | "
+                    "Effect.IRREVERSIBLE)"
+                )
+            definition = make_tool(
+                f,
+                name,
+                effect=effect,
+                approval=approval,
+                blast_radius=blast_radius,
+                reconcile=reconcile,
+                secret_params=secret_params,
+                untrusted_output=untrusted_output,
+                retries=retries,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                timeout=timeout,
+            )
+            existing = self._tools.get(definition.name)
+            if existing is not None and existing.fn is not f:
+                raise RegistrationError(
+                    f"tool name {definition.name!r} is already registered; pass name=... "
+                    "to tell them apart"
+                )
+            tool: Tool[Any, Any] = Tool(definition)
+            self._tools[definition.name] = tool
+            return tool
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def tools(self) -> dict[str, Tool[Any, Any]]:
+        return dict(self._tools)
 
     @property
     def workflows(self) -> dict[str, WorkflowDef]:
@@ -417,6 +511,11 @@ class App:
     async def signal(self, run_id: str, name: str, value: Any = None) -> None:
         """Deliver ``value`` to the run's mailbox under ``name``; a run waiting on it wakes."""
         _check_text("signal name", name)
+        if name.startswith("tether:"):
+            raise TetherError(
+                f"signal name {name!r}: names starting with 'tether:' are reserved (approvals "
+                "travel under them; use app.approve)"
+            )
         value_json = dumps(value, what=f"value of signal {name!r}")
         store = await self._ensure_open()
         await store.send_signal(run_id, name, value_json)
@@ -435,10 +534,120 @@ class App:
         self._notify(run_id)
         return run
 
+    # -- the effect log -------------------------------------------------------------------
+    async def list_effects(
+        self,
+        run_id: str | None = None,
+        *,
+        in_doubt: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[EffectRecord]:
+        """The effect log: every tool call with its intent, completion and history, in
+        doubt first; of one run in seq order, else newest first."""
+        store = await self._ensure_open()
+        if run_id is not None:
+            await self.get_run(run_id)
+        return await store.list_effects(
+            run_id=run_id, in_doubt=in_doubt, limit=limit, offset=offset
+        )
 
-def _check_text(what: str, value: object) -> None:
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise TetherError(f"{what} must be a non-empty string of at most 200 characters")
+    async def get_effect(self, run_id: str, seq: int) -> EffectRecord:
+        for effect in await self.list_effects(run_id, limit=1_000_000):
+            if effect.seq == seq:
+                return effect
+        raise EffectStateError(
+            f"run {run_id!r} has no tool call at seq {seq}; list its effects with "
+            f"'tether effects {run_id}'",
+            run_id=run_id,
+            seq=seq,
+        )
+
+    async def resolve(
+        self,
+        run_id: str,
+        seq: int,
+        action: str,
+        *,
+        result: Any = None,
+        by: str | None = None,
+        reason: str,
+    ) -> EffectRecord:
+        """Decide an in-doubt irreversible call, recorded with who and why, and hand the
+        run back to the workers. ``action`` is ``"done"`` (it happened; ``result`` is what
+        it returned), ``"retry"`` (it did not; make it, with the same idempotency key) or
+        ``"abort"`` (do not make it; the call raises ``EffectAbortedError`` in the run)."""
+        if action not in ("done", "retry", "abort"):
+            raise TetherError(f"resolve action must be done, retry or abort, not {action!r}")
+        if action != "done" and result is not None:
+            raise TetherError(f"a result goes only with 'done', not with {action!r}")
+        _check_text("reason", reason, limit=2000)
+        who = by or _whoami()
+        resolution = {"action": action, "by": who, "reason": reason, "at": time.time()}
+        if action == "done":
+            resolution["result"] = result
+        text = dumps(resolution, what="the result given to resolve")
+        event = dumps({"event": "resolved"} | resolution, what="the resolution")
+        store = await self._ensure_open()
+        effect = await store.resolve_effect(run_id, seq, text, event)
+        self._wake_worker()
+        return effect
+
+    async def approve(
+        self,
+        run_id: str,
+        seq: int | None = None,
+        *,
+        approved: bool = True,
+        by: str | None = None,
+        note: str | None = None,
+    ) -> EffectRecord:
+        """Approve (or, with ``approved=False``, reject) the tool call awaiting approval at
+        ``seq`` (default: the run's only one). The approval binds to that one call: its
+        tool, arguments and idempotency key. The run wakes and makes it exactly once."""
+        if seq is None:
+            waiting = [
+                e for e in await self.list_effects(run_id, limit=1_000_000)
+                if e.state.value == "awaiting_approval"
+            ]  # fmt: skip
+            if len(waiting) != 1:
+                found = ", ".join(f"seq {e.seq} ({e.tool})" for e in waiting) or "none"
+                raise EffectStateError(
+                    f"run {run_id!r} has {len(waiting)} tool calls awaiting approval "
+                    f"({found}); say which with seq",
+                    run_id=run_id,
+                )
+            seq = waiting[0].seq
+        if note is not None:
+            _check_text("note", note, limit=2000)
+        verdict = {"approved": bool(approved), "by": by or _whoami(), "note": note}
+        verdict["at"] = time.time()
+        event = {"event": "approval" if approved else "rejection"} | verdict
+        store = await self._ensure_open()
+        effect = await store.decide_approval(
+            run_id,
+            seq,
+            dumps(verdict | {"action": "approve" if approved else "reject"}, what="approval"),
+            dumps(event, what="approval"),
+            approval_signal(seq),
+        )
+        if self._worker is not None:
+            self._worker.poke(run_id)
+            self._worker.wake()
+        return effect
+
+
+def _whoami() -> str:
+    try:
+        user = os.getlogin()
+    except OSError:
+        user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _check_text(what: str, value: object, *, limit: int = 200) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise TetherError(f"{what} must be a non-empty string of at most {limit} characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
 import logging
 import random as _random
@@ -23,27 +24,46 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
+    ApprovalRejectedError,
     ChildRunFailedError,
+    EffectAbortedError,
+    EffectInDoubtError,
     LeaseLostError,
     NondeterminismError,
+    NotAttempted,
     NotInWorkflowError,
+    OutcomeUnknown,
     SerializationError,
     SignalTimeoutError,
     StepFailedError,
     StorageError,
+    TetherError,
+    ToolDeniedError,
+    ToolFailedError,
 )
-from .._records import EntryStatus, JournalEntry, RunState, RunStatus, Signal
+from .._records import (
+    Decision,
+    Effect,
+    EffectRecord,
+    EntryStatus,
+    JournalEntry,
+    RunState,
+    RunStatus,
+    Signal,
+)
 from .._serde import decode, dumps
-from ..storage import Fence, NewEntry, NewRun, Store
+from ..storage import Fence, InDoubt, NewEffect, NewEntry, NewRun, Store
 from ._control import Abandon, Checkpoint, Suspended
 from ._order import DeliveryOrder
 from ._registry import StepDef, WorkflowDef
-from ._retry import call_step
+from ._retry import CallTimeout, call_step
+from ._secrets import SECRET_MARK
+from ._tools import KEY_PARAM, Done, NotDone, PreparedCall, ToolDef, idempotency_key, prepare_call
 
 if TYPE_CHECKING:
     from ._app import App
 
-__all__ = ["Context", "current_context"]
+__all__ = ["Context", "approval_signal", "current_context"]
 
 log = logging.getLogger("tether.engine")
 
@@ -96,6 +116,8 @@ class Context:
         self._mailbox = list(state.signals)
         self._taken: set[int] = set()
         self._children = dict(state.children)
+        self._effects = dict(state.effects)
+        self._tainted = False  # untrusted content has flowed into this run (DESIGN 6)
         self._seq = 0
         # Delivery order (see _order.py); `_after[seq]`: (deliveries handed back, the seq
         # counter when the last of them resumed the run) when the call at seq was made.
@@ -111,7 +133,9 @@ class Context:
         self._quiescent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._checking = False
         self._refreshing = False
-        self.fatal: NondeterminismError | None = None
+        # Why the run must stop for a person (nondeterminism, an effect in doubt).
+        self.fatal: TetherError | None = None
+        self.in_doubt: InDoubt | None = None
         # Set when the engine stopped the run from inside (lease lost, storage failed,
         # shutdown): the workflow's own outcome is then moot, even if it swallowed the
         # exception (``gather(..., return_exceptions=True)``).
@@ -422,6 +446,360 @@ class Context:
             return decode(value, step.return_type)
         return decode(json.loads(output_json), step.return_type)
 
+    # -- tools ------------------------------------------------------------------------
+    def _call_tool(self, tool: ToolDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = prepare_call(tool, args, kwargs, self._app._secrets)  # bad arguments: no seq
+        seq, entry = self._next("tool", tool.name)
+        return self._tool(seq, entry, tool, call)
+
+    async def _tool(
+        self, seq: int, entry: JournalEntry | None, tool: ToolDef, call: PreparedCall
+    ) -> Any:
+        """The effect-log protocol (DESIGN section 4): intent committed, call, completion
+        committed; after a crash, recovery by the tool's effect kind."""
+        if entry is not None and entry.input is not None:
+            called_with = json.loads(call.input_json)
+            if _unmasked(called_with) != _unmasked(entry.input):
+                raise self._diverge(
+                    f"run {self.run_id!r} at seq {seq}: tool {tool.name!r} was recorded with "
+                    f"arguments {entry.input} but is now called with {called_with}; the "
+                    "workflow code changed under a running run",
+                    seq=seq,
+                    recorded={"kind": entry.kind, "name": entry.name, "input": entry.input},
+                    expected={"kind": "tool", "name": tool.name, "input": called_with},
+                )
+        if entry is not None and entry.status in _SEALED:
+            await self._turn(entry.delivery, recorded=True)
+            return self._tool_outcome(tool, seq, entry.status, entry.output, entry.error)
+        if self._order.replaying:  # touch the world only once replay has caught up
+            self._progress += 1
+            self._schedule_check()
+            await self._order.catch_up()
+        key = idempotency_key(self.run_id, seq)
+        record = self._effects.get(seq)
+        if entry is None:
+            decision = tool.approval  # the policy layer (guard) refines this
+            if decision is Decision.DENY:
+                error = {
+                    "type": "ToolDeniedError",
+                    "code": ToolDeniedError.code,
+                    "message": f"the policy denies calling tool {tool.name!r}",
+                }
+                effect = self._intent(seq, tool, key, decision, 0, "denied")
+                return await self._seal_tool(seq, tool, call, None, error, effect=effect)
+            if decision is not Decision.APPROVE:
+                effect = self._intent(seq, tool, key, decision, 1, "intent")
+                return await self._make_call(seq, tool, call, key, effect)
+            effect = self._intent(seq, tool, key, decision, 0, "approval_requested")
+            self._begin()
+            try:
+                await self._write(
+                    self._entry(
+                        seq, "tool", tool.name, "waiting", call.input_json, None, None,
+                        time.time(), None, 1, delivery=None,
+                    ),
+                    effect=effect,
+                )  # fmt: skip
+            finally:
+                self._end()
+            return await self._await_approval(seq, tool, call, key, decision, 0)
+        if entry.status is EntryStatus.WAITING:
+            decision = record.decision if record is not None else Decision.APPROVE
+            return await self._await_approval(seq, tool, call, key, decision, 0)
+        return await self._recover(seq, tool, call, key, record)
+
+    def _intent(
+        self,
+        seq: int,
+        tool: ToolDef,
+        key: str,
+        decision: Decision,
+        attempt: int,
+        event: str,
+        **detail: Any,
+    ) -> NewEffect:
+        """The effect-log record written with the call's entry (history gets ``event``)."""
+        note = {"event": event, "attempt": attempt, "at": time.time()}
+        note["worker"] = self._fence.worker_id
+        return NewEffect(
+            seq=seq,
+            kind=tool.effect.value,
+            idempotency_key=key,
+            blast_radius=tool.blast_radius,
+            approval=tool.approval.value,
+            decision=decision.value,
+            tainted=self._tainted,
+            attempt=attempt,
+            event_json=json.dumps(note | detail),
+        )
+
+    async def _await_approval(
+        self,
+        seq: int,
+        tool: ToolDef,
+        call: PreparedCall,
+        key: str,
+        decision: Decision,
+        attempt: int,
+    ) -> Any:
+        """Wait durably (holding no thread) for a person's decision on this one call."""
+        name = approval_signal(seq)
+        while True:
+            signal = self._find_signal(name)
+            if signal is not None:
+                break
+            await self._block(_Wait(seq, signal=name))
+        self._taken.add(signal.id)
+        verdict = signal.value if isinstance(signal.value, dict) else {}
+        who = {"by": verdict.get("by"), "note": verdict.get("note")}
+        if not verdict.get("approved"):
+            error = {
+                "type": "ApprovalRejectedError",
+                "code": ApprovalRejectedError.code,
+                "message": f"{who['by'] or 'a person'} rejected calling tool {tool.name!r}"
+                + (f": {who['note']}" if who["note"] else ""),
+                **who,
+            }
+            effect = self._intent(seq, tool, key, decision, attempt, "rejected", **who)
+            return await self._seal_tool(
+                seq, tool, call, None, error, effect=effect, consume_signal=signal.id
+            )
+        effect = self._intent(seq, tool, key, decision, attempt + 1, "approved", **who)
+        return await self._make_call(seq, tool, call, key, effect, consume_signal=signal.id)
+
+    async def _recover(
+        self, seq: int, tool: ToolDef, call: PreparedCall, key: str, record: EffectRecord | None
+    ) -> Any:
+        """An intent without a completion: the call may or may not have happened."""
+        attempt = record.attempt if record is not None else 1
+        decision = record.decision if record is not None else tool.approval
+        resolution = record.resolution if record is not None else None
+        if resolution is not None:  # a person decided (tether resolve)
+            action = resolution.get("action")
+            who = {"by": resolution.get("by"), "reason": resolution.get("reason")}
+            if action == "retry":
+                effect = self._intent(seq, tool, key, decision, attempt + 1, "retry", **who)
+                return await self._make_call(seq, tool, call, key, effect)
+            effect = self._intent(seq, tool, key, decision, attempt, action or "resolved", **who)
+            if action == "done":
+                return await self._seal_done(seq, tool, call, resolution.get("result"), effect)
+            error = {
+                "type": "EffectAbortedError",
+                "code": EffectAbortedError.code,
+                "message": f"{who['by'] or 'a person'} aborted the in-doubt call of tool "
+                f"{tool.name!r}" + (f": {who['reason']}" if who["reason"] else ""),
+                **who,
+            }
+            return await self._seal_tool(seq, tool, call, None, error, effect=effect)
+        if tool.effect is not Effect.IRREVERSIBLE:
+            # Safe to repeat: a read runs again, an idempotent write with the same key.
+            effect = self._intent(seq, tool, key, decision, attempt + 1, "rerun")
+            return await self._make_call(seq, tool, call, key, effect)
+        return await self._in_doubt(seq, tool, call, key, decision, attempt, "after a restart")
+
+    async def _in_doubt(
+        self,
+        seq: int,
+        tool: ToolDef,
+        call: PreparedCall,
+        key: str,
+        decision: Decision,
+        attempt: int,
+        why: str,
+    ) -> Any:
+        """An irreversible call that may have happened: its reconcile hook decides, else a
+        person does (the run stops as needs_attention)."""
+        if tool.reconcile is None:
+            raise self._needs_person(seq, tool, key, f"{why}, and the tool has no reconcile hook")
+        self._begin()
+        try:
+            kwargs = dict(call.kwargs)
+            if tool.reconcile_wants_key:
+                kwargs[KEY_PARAM] = key
+            token = _current.set(None)
+            try:
+                answer = tool.reconcile(*call.args, **kwargs)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+            except Exception as exc:
+                reason = f"{why}; its reconcile hook raised {type(exc).__name__}: {exc}"
+                raise self._needs_person(seq, tool, key, _scrub(reason, call.secrets)) from None
+            finally:
+                _current.reset(token)
+        finally:
+            self._end()
+        if isinstance(answer, Done):
+            effect = self._intent(seq, tool, key, decision, attempt, "reconciled", done=True)
+            return await self._seal_done(seq, tool, call, answer.result, effect)
+        if isinstance(answer, NotDone):
+            effect = self._intent(seq, tool, key, decision, attempt + 1, "reconciled", done=False)
+            return await self._make_call(seq, tool, call, key, effect)
+        raise self._needs_person(
+            seq,
+            tool,
+            key,
+            f"{why}; its reconcile hook returned {answer!r}: return Done(result) or NotDone()",
+        )
+
+    def _needs_person(self, seq: int, tool: ToolDef, key: str, reason: str) -> BaseException:
+        """Stop the run for a person, marking the effect in doubt; the caller raises it."""
+        if self.closed:
+            return Suspended()
+        error = EffectInDoubtError(
+            f"run {self.run_id!r}: the irreversible call of tool {tool.name!r} at seq {seq} "
+            f"may or may not have happened ({reason}). Find out, then run 'tether resolve "
+            f"{self.run_id} {seq} --done JSON' (it happened, with its result), '--retry' "
+            "(it did not) or '--abort'",
+            seq=seq,
+            tool=tool.name,
+            idempotency_key=key,
+            reason=reason,
+        )
+        note = {"event": "in_doubt", "reason": reason, "at": time.time()}
+        self.in_doubt = InDoubt(seq, json.dumps(note | {"worker": self._fence.worker_id}))
+        self.fatal = error
+        self._stop_here()
+        return error
+
+    async def _make_call(
+        self,
+        seq: int,
+        tool: ToolDef,
+        call: PreparedCall,
+        key: str,
+        effect: NewEffect,
+        *,
+        consume_signal: int | None = None,
+    ) -> Any:
+        """Commit the intent, make the call, commit the completion: the workflow moves on
+        only once both are durable. Shutdown cannot fall between intent and call."""
+        kwargs = dict(call.kwargs)
+        if tool.wants_key:
+            kwargs[KEY_PARAM] = key
+        irreversible = tool.effect is Effect.IRREVERSIBLE
+        self._begin()
+        delivery = None
+        try:
+            started = time.time()
+            await self._write(
+                self._entry(
+                    seq, "tool", tool.name, "intent", call.input_json, None, None,
+                    started, None, 1, delivery=None,
+                ),
+                effect=effect,
+                consume_signal=consume_signal,
+            )  # fmt: skip
+            token = _current.set(None)  # a tool body is not a workflow: no nested calls
+            try:
+                value, attempts = await call_step(
+                    tool.body, call.args, kwargs, _retry_irreversible if irreversible else None
+                )
+                output_json = _scrub(
+                    dumps(value, what=f"return value of tool {tool.name!r}"), call.secrets
+                )
+                failure: BaseException | None = None
+            except Exception as exc:
+                failure = exc
+                attempts = getattr(exc, "tether_attempts", 1)
+            finally:
+                _current.reset(token)
+            if self.closed:
+                raise Suspended()
+            if failure is not None and irreversible and isinstance(failure, _UNKNOWN):
+                unknown = f"{type(failure).__name__}: {failure}"
+                why = f"its call ended without an answer ({_scrub(unknown, call.secrets)})"
+            else:
+                why = ""
+            if not why:
+                error = None if failure is None else _scrub_error(failure, call.secrets)
+                status = "completed" if failure is None else "failed"
+                delivery = self._order.next_live()
+                await self._write(
+                    self._entry(
+                        seq, "tool", tool.name, status, call.input_json,
+                        output_json if failure is None else None,
+                        None if error is None else json.dumps(error),
+                        started, time.time(), attempts, delivery=delivery,
+                    )
+                )  # fmt: skip
+        except BaseException:
+            self._order.give_up(delivery)
+            raise
+        finally:
+            self._end()
+        if why:
+            decision = Decision(effect.decision)
+            return await self._in_doubt(seq, tool, call, key, decision, effect.attempt, why)
+        await self._turn(delivery, recorded=False)
+        if error is None and not call.secrets and type(value) in _JSON_SCALARS:
+            return self._tool_outcome(tool, seq, EntryStatus.COMPLETED, value, None)
+        output = None if error is not None else json.loads(output_json)
+        return self._tool_outcome(tool, seq, EntryStatus(status), output, error)
+
+    async def _seal_done(
+        self, seq: int, tool: ToolDef, call: PreparedCall, result: Any, effect: NewEffect
+    ) -> Any:
+        """Complete the call with a result that someone else established (the reconcile
+        hook, a person): checked against the tool's return type first."""
+        try:
+            decode(result, tool.body.return_type)
+            output_json = _scrub(dumps(result, what=f"result of tool {tool.name!r}"), call.secrets)
+        except SerializationError as exc:
+            reason = f"the result given for it does not fit the tool's return type: {exc}"
+            raise self._needs_person(seq, tool, effect.idempotency_key, reason) from None
+        return await self._seal_tool(seq, tool, call, json.loads(output_json), None, effect=effect)
+
+    async def _seal_tool(
+        self,
+        seq: int,
+        tool: ToolDef,
+        call: PreparedCall,
+        output: Any,
+        error: dict[str, Any] | None,
+        *,
+        effect: NewEffect,
+        consume_signal: int | None = None,
+    ) -> Any:
+        """Complete the call without making it (denied, rejected, aborted, found done)."""
+        status = "completed" if error is None else "failed"
+        self._begin()
+        delivery = None
+        try:
+            now = time.time()
+            delivery = self._order.next_live()
+            await self._write(
+                self._entry(
+                    seq, "tool", tool.name, status, call.input_json,
+                    None if error is not None else json.dumps(output),
+                    None if error is None else json.dumps(error),
+                    now, now, 0, delivery=delivery,
+                ),
+                effect=effect,
+                consume_signal=consume_signal,
+            )  # fmt: skip
+        except BaseException:
+            self._order.give_up(delivery)
+            raise
+        finally:
+            self._end()
+        await self._turn(delivery, recorded=False)
+        return self._tool_outcome(tool, seq, EntryStatus(status), output, error)
+
+    def _tool_outcome(
+        self,
+        tool: ToolDef,
+        seq: int,
+        status: EntryStatus,
+        output: Any,
+        error: dict[str, Any] | None,
+    ) -> Any:
+        """What the workflow gets back, the same live and on replay."""
+        if tool.untrusted_output:
+            self._tainted = True  # what follows may be steered by what the tool read
+        if status is EntryStatus.FAILED:
+            raise _tool_error(tool.name, seq, error or {})
+        return decode(output, tool.body.return_type)
+
     # -- recorded non-determinism -------------------------------------------------------
     def now(self) -> Awaitable[datetime]:
         """The current time, recorded: replay returns the same instant."""
@@ -628,7 +1006,66 @@ class Context:
 
 
 _WAITING = EntryStatus.WAITING
+_SEALED = (EntryStatus.COMPLETED, EntryStatus.FAILED)
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+# An irreversible call that ends like this may have acted: it is in doubt, not failed.
+_UNKNOWN = (OutcomeUnknown, CallTimeout)
+_TOOL_ERRORS: dict[str, type[ToolFailedError]] = {
+    ToolDeniedError.code: ToolDeniedError,
+    ApprovalRejectedError.code: ApprovalRejectedError,
+    EffectAbortedError.code: EffectAbortedError,
+}
+
+
+def approval_signal(seq: int) -> str:
+    """The mailbox name that delivers a person's decision on the tool call at ``seq``
+    (reserved: ``app.signal`` refuses names starting with ``tether:``)."""
+    return f"tether:approval:{seq}"
+
+
+def _retry_irreversible(exc: Exception) -> bool:
+    return isinstance(exc, NotAttempted)
+
+
+def _unmasked(record: Any) -> Any:
+    """Arguments with secret hashes blanked: replay compares what it can see."""
+    if isinstance(record, dict):
+        return {k: SECRET_MARK if _is_hash(v) else v for k, v in record.items()}
+    return record
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and SECRET_MARK in value
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Remove secret values from text bound for storage (a tool that echoes its token)."""
+    for secret in secrets:
+        text = text.replace(secret, "[secret]")
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, "[secret]")
+    return text
+
+
+def _scrub_error(exc: BaseException, secrets: tuple[str, ...]) -> dict[str, Any]:
+    error = _error_dict(exc)
+    error["message"] = _scrub(error["message"], secrets)
+    return error
+
+
+def _tool_error(name: str, seq: int, error: dict[str, Any]) -> ToolFailedError:
+    cls = _TOOL_ERRORS.get(error.get("code") or "", ToolFailedError)
+    message = error.get("message")
+    if cls is ToolFailedError:
+        message = f"tool {name!r} (seq {seq}) failed: {error.get('type')}: {message}"
+    return cls(
+        message,
+        step=name,
+        seq=seq,
+        error_type=error.get("type"),
+        error_message=error.get("message"),
+    )
 
 
 def _poke(wait: _Wait) -> None:
@@ -641,7 +1078,8 @@ def _to_datetime(value: float) -> datetime:
 
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    kind = "TimeoutError" if isinstance(exc, CallTimeout) else type(exc).__name__
+    error: dict[str, Any] = {"type": kind, "message": str(exc)}
     if isinstance(exc, SerializationError):
         error["code"] = exc.code
     return error

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import NondeterminismError, SerializationError, StorageError, TetherError
 from .._records import RunStatus
 from .._serde import dumps
-from ..storage import Fence, Store
+from ..storage import Fence, InDoubt, Store
 from ._context import Context
 from ._control import Abandon, Checkpoint, Suspended
 
@@ -151,13 +151,12 @@ async def _conclude(
                 expected=None,
             )
     if ctx.fatal is not None:
-        error = ctx.fatal.to_dict() | {
-            "seq": ctx.fatal.fields.get("seq"),
-            "recorded": ctx.fatal.fields.get("recorded"),
-            "expected": ctx.fatal.fields.get("expected"),
-        }
-        log.error("%s", ctx.fatal)
-        return await _finish(store, fence, RunStatus.NEEDS_ATTENTION, error=error)
+        fields = {k: v for k, v in ctx.fatal.fields.items() if k != "run_id"}
+        error = ctx.fatal.to_dict() | fields
+        log.log(logging.ERROR if ctx.in_doubt is None else logging.WARNING, "%s", ctx.fatal)
+        return await _finish(
+            store, fence, RunStatus.NEEDS_ATTENTION, error=error, in_doubt=ctx.in_doubt
+        )
     if exc is not None:
         error = {
             "type": type(exc).__name__,
@@ -181,6 +180,7 @@ async def _finish(
     *,
     result_json: str | None = None,
     error: dict[str, Any] | None = None,
+    in_doubt: InDoubt | None = None,
 ) -> str:
     try:
         await store.finish_run(
@@ -188,6 +188,7 @@ async def _finish(
             status,
             result_json=result_json,
             error_json=None if error is None else json.dumps(error),
+            in_doubt=in_doubt,
         )
     except StorageError as exc:
         log.warning("run %s: could not record its end (%s)", fence.run_id, exc)

@@ -6,13 +6,18 @@ import asyncio
 import functools
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from ._registry import StepDef
 
-__all__ = ["backoff_delay", "call_step"]
+__all__ = ["CallTimeout", "backoff_delay", "call_step"]
 
 log = logging.getLogger("tether.engine")
+
+
+class CallTimeout(TimeoutError):
+    """One attempt of a step or tool body ran past its ``timeout`` and was cancelled."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -34,20 +39,23 @@ async def _attempt(step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any])
     try:
         return await asyncio.wait_for(body, step.timeout)
     except TimeoutError:
-        raise TimeoutError(f"step {step.name!r} timed out after {step.timeout} s") from None
+        raise CallTimeout(f"{step.name!r} timed out after {step.timeout} s") from None
 
 
 async def call_step(
-    step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    step: StepDef,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry_if: Callable[[Exception], bool] | None = None,
 ) -> tuple[Any, int]:
-    """Run the body, retrying on exceptions; return (value, attempts) or raise the last
-    exception (with ``attempts`` set on it)."""
+    """Run the body, retrying on exceptions (those ``retry_if`` accepts); return (value,
+    attempts) or raise the last exception (with ``attempts`` set on it)."""
     attempt = 1
     while True:
         try:
             return await _attempt(step, args, kwargs), attempt
         except Exception as exc:
-            if attempt > step.retries:
+            if attempt > step.retries or (retry_if is not None and not retry_if(exc)):
                 exc.tether_attempts = attempt  # type: ignore[attr-defined]
                 raise
             delay = backoff_delay(attempt, step.backoff, step.backoff_max)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ._sqlite import SQLiteStore
-from ._store import Fence, NewEntry, NewRun, Store, WorkerInfo
+from ._store import Fence, InDoubt, NewEffect, NewEntry, NewRun, Store, WorkerInfo
 from ._url import open_store, redact_url
 
 __all__ = [
     "Fence",
+    "InDoubt",
+    "NewEffect",
     "NewEntry",
     "NewRun",
     "SQLiteStore",

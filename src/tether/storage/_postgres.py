@@ -40,15 +40,29 @@ from .._errors import (
     StorageError,
     TetherError,
 )
-from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
+from .._records import (
+    EffectRecord,
+    EffectState,
+    EntryStatus,
+    JournalEntry,
+    Run,
+    RunState,
+    RunStatus,
+    Signal,
+)
 from . import _procs
 from ._migrations import load_migrations, split_statements
 from ._rows import (
     BLOB_THRESHOLD,
+    EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
     blob_hash,
     child_run_id_taken,
+    effect_from_row,
+    effect_params,
+    effect_query,
+    effect_state_error,
     entry_from_row,
     has_blob,
     journal_params,
@@ -57,7 +71,7 @@ from ._rows import (
     run_id_conflict,
     signal_from_row,
 )
-from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
+from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 from ._url import redact_url as _redact
 
 __all__ = ["PostgresStore", "parse_postgres_url"]
@@ -88,8 +102,19 @@ _SEAL = (
     "ON CONFLICT (run_id, seq) DO UPDATE SET status = EXCLUDED.status, "
     "output = EXCLUDED.output, output_ref = EXCLUDED.output_ref, "
     "error = EXCLUDED.error, finished_at = EXCLUDED.finished_at, "
-    "attempts = EXCLUDED.attempts, delivery = EXCLUDED.delivery"
+    "attempts = EXCLUDED.attempts, delivery = EXCLUDED.delivery, "
+    "started_at = CASE WHEN EXCLUDED.status = 'intent' "
+    "THEN EXCLUDED.started_at ELSE journal.started_at END"
 )
+# A tool call's intent, first written or written again (a call authorized anew).
+_EFFECT_UPSERT = (
+    f"INSERT INTO effects ({EFFECT_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
+    "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text"
+)
+_APPEND_EVENT = "history = (history::jsonb || %s::jsonb)::text"
+_UNSEALED = (EntryStatus.WAITING, EntryStatus.INTENT)
 # Many plain journal writes of one flush as one statement: one row per write, each with
 # its own fence check, and RETURNING says which went through.
 _APPEND_MANY = (
@@ -594,38 +619,127 @@ class PostgresStore:
                         (run_id,),
                     )
                     children = {r[0]: run_from_row(r) for r in await cur.fetchall()}
+                effects: dict[int, EffectRecord] = {}
+                if any(e.kind == "tool" and e.status in _UNSEALED for e in entries.values()):
+                    cur = await conn.execute(
+                        effect_query("%s", run_id=True, page=False).encode(), (run_id,)
+                    )
+                    for r in await cur.fetchall():
+                        effect = effect_from_row(r)
+                        if effect.seq in entries and entries[effect.seq].status in _UNSEALED:
+                            effects[effect.seq] = effect
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error("read", exc) from exc
-        return RunState(run, entries, signals, children)
+        return RunState(run, entries, signals, children, effects)
+
+    async def list_effects(
+        self,
+        *,
+        run_id: str | None = None,
+        in_doubt: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[EffectRecord]:
+        query = effect_query("%s", run_id=run_id is not None, in_doubt=in_doubt, page=True)
+        params = (run_id,) if run_id is not None else ()
+        rows = await self._read(query, (*params, limit, offset))
+        return [effect_from_row(row) for row in rows]
+
+    @staticmethod
+    async def _effect(conn: Conn, run_id: str, seq: int) -> EffectRecord | None:
+        cur = await conn.execute(
+            effect_query("%s", run_id=True, seq=True, page=False).encode(), (run_id, seq)
+        )
+        row = await cur.fetchone()
+        return None if row is None else effect_from_row(row)
+
+    @staticmethod
+    async def _lock_run(conn: Conn, run_id: str) -> tuple[str, str]:
+        """(status, workflow) of the run, its row locked against a concurrent suspend."""
+        # The row lock orders this against a suspend (which locks the row first): either
+        # the suspend sees what this writes, or this sees the run waiting and wakes it.
+        # (Not FOR SHARE: two writers at once would deadlock upgrading it.)
+        cur = await conn.execute(
+            "SELECT status, workflow FROM runs WHERE run_id = %s FOR NO KEY UPDATE", (run_id,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        return row[0], row[1]
 
     # -- commands -----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, value_json: str) -> None:
         async def op(conn: Conn) -> None:
-            now = time.time()
-            # The row lock orders this against a suspend (which locks the row first):
-            # either the suspend sees the signal, or this sees the run waiting and wakes it.
-            # (Not FOR SHARE: two signals at once would deadlock upgrading it.)
-            cur = await conn.execute(
-                "SELECT status, workflow FROM runs WHERE run_id = %s FOR NO KEY UPDATE",
-                (run_id,),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            await conn.execute(
-                "INSERT INTO signals (run_id, name, value, created_at) VALUES (%s, %s, %s, %s)",
-                (run_id, name, value_json, now),
-            )
-            if row[0] == "waiting":
-                await conn.execute(
-                    f"UPDATE runs SET wake_at = {_SERVER_NOW}, updated_at = %s WHERE run_id = %s",
-                    (now, run_id),
-                )
-                await _notify(conn, f"run:{row[1]}")
-            elif row[0] == "running":  # its holder looks at its mailbox now
-                await _notify(conn, f"signal:{run_id}")
+            status, workflow = await self._lock_run(conn, run_id)
+            await self._deliver(conn, run_id, status, workflow, name, value_json)
 
         await self._write(op)
+
+    @staticmethod
+    async def _deliver(
+        conn: Conn, run_id: str, status: str, workflow: str, name: str, value_json: str
+    ) -> None:
+        now = time.time()
+        await conn.execute(
+            "INSERT INTO signals (run_id, name, value, created_at) VALUES (%s, %s, %s, %s)",
+            (run_id, name, value_json, now),
+        )
+        if status == "waiting":
+            await conn.execute(
+                f"UPDATE runs SET wake_at = {_SERVER_NOW}, updated_at = %s WHERE run_id = %s",
+                (now, run_id),
+            )
+            await _notify(conn, f"run:{workflow}")
+        elif status == "running":  # its holder looks at its mailbox now
+            await _notify(conn, f"signal:{run_id}")
+
+    async def resolve_effect(
+        self, run_id: str, seq: int, resolution_json: str, event_json: str
+    ) -> EffectRecord:
+        async def op(conn: Conn) -> EffectRecord:
+            status, workflow = await self._lock_run(conn, run_id)
+            found = await self._effect(conn, run_id, seq)
+            if found is None or not found.in_doubt or status != "needs_attention":
+                raise effect_state_error(run_id, seq, found, "in doubt")
+            await conn.execute(
+                f"UPDATE effects SET in_doubt = FALSE, resolution = %s, {_APPEND_EVENT} "
+                "WHERE run_id = %s AND seq = %s",
+                (resolution_json, f"[{event_json}]", run_id, seq),
+            )
+            # Back to the workers, which carry the decision out when they replay the run.
+            await conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, updated_at = %s "
+                "WHERE run_id = %s",
+                (time.time(), run_id),
+            )
+            await _notify(conn, f"run:{workflow}")
+            resolved = await self._effect(conn, run_id, seq)
+            assert resolved is not None
+            return resolved
+
+        return await self._write(op)
+
+    async def decide_approval(
+        self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
+    ) -> EffectRecord:
+        async def op(conn: Conn) -> EffectRecord:
+            status, workflow = await self._lock_run(conn, run_id)
+            found = await self._effect(conn, run_id, seq)
+            if found is None or found.state is not EffectState.AWAITING_APPROVAL:
+                raise effect_state_error(run_id, seq, found, "awaiting approval")
+            if status in ("succeeded", "failed", "cancelled"):
+                raise effect_state_error(run_id, seq, found, f"in a live run (it is {status})")
+            await conn.execute(
+                f"UPDATE effects SET resolution = %s, {_APPEND_EVENT} "
+                "WHERE run_id = %s AND seq = %s",
+                (decision_json, f"[{event_json}]", run_id, seq),
+            )
+            await self._deliver(conn, run_id, status, workflow, signal_name, decision_json)
+            decided = await self._effect(conn, run_id, seq)
+            assert decided is not None
+            return decided
+
+        return await self._write(op)
 
     async def cancel_run(self, run_id: str, reason: str) -> Run:
         async def op(conn: Conn) -> None:
@@ -807,12 +921,19 @@ class PostgresStore:
         *,
         consume_signal: int | None = None,
         start_child: NewRun | None = None,
+        effect: NewEffect | None = None,
     ) -> None:
-        extra = consume_signal is not None or start_child is not None or has_blob(entry)
+        extra = consume_signal is not None or start_child is not None or effect is not None
+        extra = extra or has_blob(entry)
 
         async def op(conn: Conn) -> None:
             if extra:  # a stale writer must write nothing, not even a blob: check first
                 await self._check(conn, fence)
+            if effect is not None:
+                await conn.execute(
+                    _EFFECT_UPSERT,
+                    (*effect_params(fence, effect, time.time()), f"[{effect.event_json}]"),
+                )
             if start_child is not None and not await self._insert_run(
                 conn, start_child, time.time()
             ):
@@ -855,11 +976,19 @@ class PostgresStore:
         *,
         result_json: str | None = None,
         error_json: str | None = None,
+        in_doubt: InDoubt | None = None,
     ) -> None:
         terminal = status.is_terminal
 
         async def op(conn: Conn) -> None:
             now = time.time()
+            if in_doubt is not None:
+                await self._check(conn, fence)
+                await conn.execute(
+                    f"UPDATE effects SET in_doubt = TRUE, resolution = NULL, {_APPEND_EVENT} "
+                    "WHERE run_id = %s AND seq = %s",
+                    (f"[{in_doubt.event_json}]", fence.run_id, in_doubt.seq),
+                )
             cur = await conn.execute(
                 "WITH fin AS (UPDATE runs SET status = %s, result = %s, error = %s, "
                 "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, updated_at = %s "
@@ -889,7 +1018,7 @@ class PostgresStore:
             if row is None or row[0] != 1:
                 raise lease_lost(fence)
 
-        await self._write(op, single=True)
+        await self._write(op, single=in_doubt is None)
 
     async def suspend_run(
         self,

@@ -7,16 +7,31 @@ import hashlib
 import json
 from typing import Any
 
-from .._errors import LeaseLostError, RunIdConflictError
-from .._records import EntryStatus, JournalEntry, Run, RunStatus, Signal
-from ._store import Fence, NewEntry
+from .._errors import EffectStateError, LeaseLostError, RunIdConflictError
+from .._records import (
+    Decision,
+    Effect,
+    EffectRecord,
+    EffectState,
+    EntryStatus,
+    JournalEntry,
+    Run,
+    RunStatus,
+    Signal,
+)
+from ._store import Fence, NewEffect, NewEntry
 
 __all__ = [
     "BLOB_THRESHOLD",
+    "EFFECT_COLUMNS",
     "JOURNAL_COLUMNS",
     "RUN_COLUMNS",
     "blob_hash",
     "child_run_id_taken",
+    "effect_from_row",
+    "effect_params",
+    "effect_query",
+    "effect_state_error",
     "entry_from_row",
     "has_blob",
     "journal_params",
@@ -37,6 +52,116 @@ JOURNAL_COLUMNS = (
     "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
     "started_at, finished_at, attempts, delivery, after_delivery, after_seq"
 )
+
+
+# The effects table's columns, in effect_params order.
+EFFECT_COLUMNS = (
+    "run_id, seq, kind, idempotency_key, blast_radius, approval, decision, tainted, attempt, "
+    "in_doubt, resolution, history, created_at"
+)
+# An effect as the engine and people see it: its intent joined with its journal entry.
+_EFFECT_SELECT = """
+SELECT e.run_id, e.seq, j.name, e.kind, j.status, e.in_doubt, e.resolution,
+       e.idempotency_key, COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
+       e.blast_radius, e.approval, e.decision, e.tainted, e.attempt, e.history,
+       e.created_at, j.started_at, j.finished_at, j.attempts
+FROM effects e
+JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref
+"""
+
+
+def effect_query(
+    mark: str, *, run_id: bool = False, seq: bool = False, in_doubt: bool = False, page: bool
+) -> str:
+    """The effects SELECT with the dialect's placeholder ``mark``: filters on run_id (and
+    seq), on being in doubt; in-doubt effects first; LIMIT/OFFSET when ``page``."""
+    where = []
+    if run_id:
+        where.append(f"e.run_id = {mark}")
+    if seq:
+        where.append(f"e.seq = {mark}")
+    if in_doubt:
+        where.append("e.in_doubt = TRUE")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    order = "e.seq" if run_id else "e.created_at DESC, e.run_id, e.seq"
+    limit = f" LIMIT {mark} OFFSET {mark}" if page else ""
+    return f"{_EFFECT_SELECT} {clause} ORDER BY e.in_doubt DESC, {order}{limit}"
+
+
+def effect_params(fence: Fence, effect: NewEffect, now: float) -> tuple[Any, ...]:
+    """A new effect's values in EFFECT_COLUMNS order (history: its first event)."""
+    return (
+        fence.run_id,
+        int(effect.seq),
+        effect.kind,
+        effect.idempotency_key,
+        effect.blast_radius,
+        effect.approval,
+        effect.decision,
+        bool(effect.tainted),
+        int(effect.attempt),
+        False,
+        None,
+        f"[{effect.event_json}]",
+        now,
+    )
+
+
+def _effect_state(status: str, in_doubt: Any, resolution: str | None) -> EffectState:
+    if status == "completed":
+        return EffectState.COMPLETED
+    if status == "failed":
+        return EffectState.FAILED
+    if resolution is not None:
+        return EffectState.RESOLVED
+    if status == "waiting":
+        return EffectState.AWAITING_APPROVAL
+    return EffectState.IN_DOUBT if in_doubt else EffectState.INTENT
+
+
+def effect_from_row(row: tuple[Any, ...]) -> EffectRecord:
+    return EffectRecord(
+        run_id=row[0],
+        seq=row[1],
+        tool=row[2],
+        kind=Effect(row[3]),
+        state=_effect_state(row[4], row[5], row[6]),
+        resolution=json_or_none(row[6]),
+        idempotency_key=row[7],
+        args=json_or_none(row[8]),
+        result=json_or_none(row[9]),
+        error=json_or_none(row[10]),
+        blast_radius=row[11],
+        approval=Decision(row[12]),
+        decision=Decision(row[13]),
+        tainted=bool(row[14]),
+        attempt=row[15],
+        history=json.loads(row[16]),
+        created_at=row[17],
+        started_at=row[18],
+        finished_at=row[19],
+        attempts=row[20],
+    )
+
+
+def effect_state_error(run_id: str, seq: int, found: EffectRecord | None, want: str) -> Exception:
+    """Why a person's decision does not apply to the effect at (run_id, seq)."""
+    if found is None:
+        return EffectStateError(
+            f"run {run_id!r} has no tool call at seq {seq}; list its effects with "
+            f"'tether effects {run_id}'",
+            run_id=run_id,
+            seq=seq,
+        )
+    return EffectStateError(
+        f"the {found.tool!r} call at seq {seq} of run {run_id!r} is {found.state.value}, "
+        f"not {want}; nothing to do",
+        run_id=run_id,
+        seq=seq,
+        state=found.state.value,
+    )
 
 
 def blob_hash(text: str) -> str:

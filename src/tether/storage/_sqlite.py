@@ -28,15 +28,29 @@ from .._errors import (
     StorageError,
     TetherError,
 )
-from .._records import EntryStatus, JournalEntry, Run, RunState, RunStatus, Signal
+from .._records import (
+    EffectRecord,
+    EffectState,
+    EntryStatus,
+    JournalEntry,
+    Run,
+    RunState,
+    RunStatus,
+    Signal,
+)
 from . import _procs
 from ._migrations import load_migrations, split_statements
 from ._rows import (
     BLOB_THRESHOLD,
+    EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
     blob_hash,
     child_run_id_taken,
+    effect_from_row,
+    effect_params,
+    effect_query,
+    effect_state_error,
     entry_from_row,
     has_blob,
     journal_params,
@@ -45,7 +59,7 @@ from ._rows import (
     run_id_conflict,
     signal_from_row,
 )
-from ._store import EventHandler, Fence, NewEntry, NewRun, WorkerInfo
+from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 
 __all__ = ["SQLiteStore"]
 
@@ -54,10 +68,19 @@ log = logging.getLogger("tether.storage")
 T = TypeVar("T")
 
 _TERMINAL = ("succeeded", "failed", "cancelled")
+_UNSEALED = (EntryStatus.WAITING, EntryStatus.INTENT)
 _OWNED = (
     "SELECT 1 FROM runs WHERE run_id = ? AND lease_owner = ? AND fence = ? AND status = 'running'"
 )
 
+
+# A tool call's intent, first written or written again (a call authorized anew).
+_EFFECT_UPSERT = (
+    f"INSERT INTO effects ({EFFECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = excluded.attempt, in_doubt = 0, "
+    "resolution = NULL, history = json_insert(effects.history, '$[#]', json(?))"
+)
+_APPEND_EVENT = "history = json_insert(history, '$[#]', json(?))"
 
 _ENTRY_SELECT = """
 SELECT j.run_id, j.seq, j.kind, j.name, j.status,
@@ -353,27 +376,109 @@ class SQLiteStore:
         if any(e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()):
             rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?", (run_id,))
             children = {row[0]: run_from_row(row) for row in rows}
-        return RunState(run, entries, signals, children)
+        effects: dict[int, EffectRecord] = {}
+        if any(e.kind == "tool" and e.status in _UNSEALED for e in entries.values()):
+            effects = {
+                e.seq: e
+                for e in await self.list_effects(run_id=run_id, limit=1_000_000)
+                if e.seq in entries and entries[e.seq].status in _UNSEALED
+            }
+        return RunState(run, entries, signals, children, effects)
+
+    async def list_effects(
+        self,
+        *,
+        run_id: str | None = None,
+        in_doubt: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[EffectRecord]:
+        query = effect_query("?", run_id=run_id is not None, in_doubt=in_doubt, page=True)
+        params = (run_id,) if run_id is not None else ()
+        return [effect_from_row(row) for row in self._read(query, (*params, limit, offset))]
+
+    @staticmethod
+    def _effect(conn: sqlite3.Connection, run_id: str, seq: int) -> EffectRecord | None:
+        row = conn.execute(
+            effect_query("?", run_id=True, seq=True, page=False), (run_id, seq)
+        ).fetchone()
+        return None if row is None else effect_from_row(row)
 
     # -- commands -----------------------------------------------------------------------
+    async def resolve_effect(
+        self, run_id: str, seq: int, resolution_json: str, event_json: str
+    ) -> EffectRecord:
+        def op(conn: sqlite3.Connection) -> EffectRecord:
+            now = time.time()
+            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            found = self._effect(conn, run_id, seq)
+            if found is None or not found.in_doubt or row[0] != "needs_attention":
+                raise effect_state_error(run_id, seq, found, "in doubt")
+            conn.execute(
+                f"UPDATE effects SET in_doubt = 0, resolution = ?, {_APPEND_EVENT} "
+                "WHERE run_id = ? AND seq = ?",
+                (resolution_json, event_json, run_id, seq),
+            )
+            # Back to the workers, which carry the decision out when they replay the run.
+            conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, updated_at = ? WHERE run_id = ?",
+                (now, run_id),
+            )
+            resolved = self._effect(conn, run_id, seq)
+            assert resolved is not None
+            return resolved
+
+        return await self._write(op)
+
+    async def decide_approval(
+        self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
+    ) -> EffectRecord:
+        def op(conn: sqlite3.Connection) -> EffectRecord:
+            now = time.time()
+            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            found = self._effect(conn, run_id, seq)
+            if found is None or found.state is not EffectState.AWAITING_APPROVAL:
+                raise effect_state_error(run_id, seq, found, "awaiting approval")
+            if row[0] in _TERMINAL:
+                raise effect_state_error(run_id, seq, found, f"in a live run (it is {row[0]})")
+            conn.execute(
+                f"UPDATE effects SET resolution = ?, {_APPEND_EVENT} WHERE run_id = ? AND seq = ?",
+                (decision_json, event_json, run_id, seq),
+            )
+            self._deliver(conn, run_id, signal_name, decision_json, now)
+            decided = self._effect(conn, run_id, seq)
+            assert decided is not None
+            return decided
+
+        return await self._write(op)
+
     async def send_signal(self, run_id: str, name: str, value_json: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
             row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            conn.execute(
-                "INSERT INTO signals (run_id, name, value, created_at) VALUES (?, ?, ?, ?)",
-                (run_id, name, value_json, now),
-            )
-            # A waiting run is woken; a running one sees the signal when it next suspends.
-            conn.execute(
-                "UPDATE runs SET wake_at = ?, updated_at = ? "
-                "WHERE run_id = ? AND status = 'waiting'",
-                (now, now, run_id),
-            )
+            self._deliver(conn, run_id, name, value_json, now)
 
         await self._write(op)
+
+    @staticmethod
+    def _deliver(
+        conn: sqlite3.Connection, run_id: str, name: str, value_json: str, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO signals (run_id, name, value, created_at) VALUES (?, ?, ?, ?)",
+            (run_id, name, value_json, now),
+        )
+        # A waiting run is woken; a running one sees the signal when it next suspends.
+        conn.execute(
+            "UPDATE runs SET wake_at = ?, updated_at = ? WHERE run_id = ? AND status = 'waiting'",
+            (now, now, run_id),
+        )
 
     async def cancel_run(self, run_id: str, reason: str) -> Run:
         def op(conn: sqlite3.Connection) -> None:
@@ -544,14 +649,21 @@ class SQLiteStore:
         *,
         consume_signal: int | None = None,
         start_child: NewRun | None = None,
+        effect: NewEffect | None = None,
     ) -> None:
         # A stale writer must write nothing, not even a blob: check the fence first
         # whenever the insert below is not the first write.
-        blob = has_blob(entry)
+        first = consume_signal is None and start_child is None and effect is None
+        first = first and not has_blob(entry)
 
         def op(conn: sqlite3.Connection) -> None:
-            if consume_signal is not None or start_child is not None or blob:
+            if not first:
                 self._check(conn, fence)
+            if effect is not None:
+                conn.execute(
+                    _EFFECT_UPSERT,
+                    (*effect_params(fence, effect, time.time()), effect.event_json),
+                )
             if start_child is not None and not self._insert_run(conn, start_child, time.time()):
                 # Insert the child first: a conflict must leave no waiting entry behind, or
                 # the parent would replay into a wait on a run that is not its child.
@@ -565,7 +677,9 @@ class SQLiteStore:
                 "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
                 "output = excluded.output, output_ref = excluded.output_ref, "
                 "error = excluded.error, finished_at = excluded.finished_at, "
-                "attempts = excluded.attempts, delivery = excluded.delivery",
+                "attempts = excluded.attempts, delivery = excluded.delivery, "
+                "started_at = CASE WHEN excluded.status = 'intent' "
+                "THEN excluded.started_at ELSE journal.started_at END",
                 (
                     *journal_params(
                         fence, entry, (input_inline, input_ref, output_inline, output_ref)
@@ -592,9 +706,17 @@ class SQLiteStore:
         *,
         result_json: str | None = None,
         error_json: str | None = None,
+        in_doubt: InDoubt | None = None,
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
+            if in_doubt is not None:
+                self._check(conn, fence)
+                conn.execute(
+                    f"UPDATE effects SET in_doubt = 1, resolution = NULL, {_APPEND_EVENT} "
+                    "WHERE run_id = ? AND seq = ?",
+                    (in_doubt.event_json, fence.run_id, in_doubt.seq),
+                )
             cur = conn.execute(
                 "UPDATE runs SET status = ?, result = ?, error = ?, lease_owner = NULL, "
                 "lease_expires_at = NULL, wake_at = NULL, updated_at = ? "

@@ -12,9 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._records import JournalEntry, Run, RunState, RunStatus, Signal
+from .._records import EffectRecord, JournalEntry, Run, RunState, RunStatus, Signal
 
-__all__ = ["EventHandler", "Fence", "NewEntry", "NewRun", "Store", "WorkerInfo"]
+__all__ = [
+    "EventHandler",
+    "Fence",
+    "InDoubt",
+    "NewEffect",
+    "NewEntry",
+    "NewRun",
+    "Store",
+    "WorkerInfo",
+]
 
 # Called with (kind, value) for what other processes did (see Store.subscribe).
 EventHandler = Callable[[str, str], None]
@@ -55,6 +64,33 @@ class NewEntry:
     delivery: int | None = None  # completion order within the run (see JournalEntry)
     after_delivery: int | None = None  # completions handed back when the call was made
     after_seq: int | None = None  # the seq counter when the last of them resumed the run
+
+
+@dataclass(frozen=True, slots=True)
+class NewEffect:
+    """The intent of a tool call, written with its journal entry (``append_entry``).
+
+    The first write inserts the effect; a later one (a call authorized again: after an
+    approval, a crash, a person's retry) sets ``attempt``, clears ``in_doubt`` and the
+    pending ``resolution``, and appends ``event_json`` to the effect's history."""
+
+    seq: int
+    kind: str  # Effect value
+    idempotency_key: str
+    blast_radius: str | None
+    approval: str  # Decision value the tool declared
+    decision: str  # Decision value the policy gave this call
+    tainted: bool
+    attempt: int
+    event_json: str  # one JSON object, appended to the effect's history
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    """An effect that a run stops on for a person (``finish_run``)."""
+
+    seq: int
+    event_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +146,37 @@ class Store(Protocol):
         """The run, its journal, its unconsumed signals and its children's outcomes."""
         ...
 
+    async def list_effects(
+        self,
+        *,
+        run_id: str | None = None,
+        in_doubt: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[EffectRecord]:
+        """The effect log, in-doubt effects first; of one run in seq order, else newest
+        first."""
+        ...
+
     # -- commands from outside a run ---------------------------------------------------
     async def send_signal(self, run_id: str, name: str, value_json: str) -> None: ...
     async def cancel_run(self, run_id: str, reason: str) -> Run: ...
+
+    async def resolve_effect(
+        self, run_id: str, seq: int, resolution_json: str, event_json: str
+    ) -> EffectRecord:
+        """Record a person's decision on an in-doubt effect of a run that stopped for it,
+        and hand the run back to the workers (status pending), which carry it out.
+        ``EffectStateError`` when the effect is not in doubt."""
+        ...
+
+    async def decide_approval(
+        self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
+    ) -> EffectRecord:
+        """Record a person's approval or rejection of an effect awaiting one, and deliver
+        it to the run as the signal ``signal_name`` (which wakes it).
+        ``EffectStateError`` when the effect awaits no approval."""
+        ...
 
     # -- workers and leases ------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo) -> None: ...
@@ -152,7 +216,11 @@ class Store(Protocol):
         *,
         consume_signal: int | None = None,
         start_child: NewRun | None = None,
-    ) -> None: ...
+        effect: NewEffect | None = None,
+    ) -> None:
+        """Write a journal entry; with ``effect``, its effect-log record in the same
+        transaction (the intent of a tool call, or its denial)."""
+        ...
 
     async def finish_run(
         self,
@@ -161,7 +229,11 @@ class Store(Protocol):
         *,
         result_json: str | None = None,
         error_json: str | None = None,
-    ) -> None: ...
+        in_doubt: InDoubt | None = None,
+    ) -> None:
+        """End the run (or stop it for a person); ``in_doubt`` marks the effect it
+        stopped on, in the same transaction."""
+        ...
 
     async def suspend_run(
         self,
