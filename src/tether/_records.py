@@ -88,6 +88,9 @@ class EffectState(enum.StrEnum):
     RESOLVED = "resolved"  # a person decided; the run carries the decision out next
     COMPLETED = "completed"
     FAILED = "failed"
+    # The run ended (cancelled, failed) before the call completed: nothing will settle it.
+    # Whether an irreversible call of this state happened is unknown.
+    ABANDONED = "abandoned"
 
     def __str__(self) -> str:
         return self.value

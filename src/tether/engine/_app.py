@@ -610,8 +610,12 @@ class App:
                 e for e in await self.list_effects(run_id, limit=1_000_000)
                 if e.state.value == "awaiting_approval"
             ]  # fmt: skip
-            if len(waiting) != 1:
-                found = ", ".join(f"seq {e.seq} ({e.tool})" for e in waiting) or "none"
+            if not waiting:
+                raise EffectStateError(
+                    f"run {run_id!r} has no tool call awaiting approval", run_id=run_id
+                )
+            if len(waiting) > 1:
+                found = ", ".join(f"seq {e.seq} ({e.tool})" for e in waiting)
                 raise EffectStateError(
                     f"run {run_id!r} has {len(waiting)} tool calls awaiting approval "
                     f"({found}); say which with seq",

@@ -648,8 +648,8 @@ class Context:
         error = EffectInDoubtError(
             f"run {self.run_id!r}: the irreversible call of tool {tool.name!r} at seq {seq} "
             f"may or may not have happened ({reason}). Find out, then run 'tether resolve "
-            f"{self.run_id} {seq} --done JSON' (it happened, with its result), '--retry' "
-            "(it did not) or '--abort'",
+            f"{self.run_id} {seq} --done JSON --reason TEXT' (it happened, with its result), "
+            "or with '--retry' (it did not) or '--abort' instead of '--done JSON'",
             seq=seq,
             tool=tool.name,
             idempotency_key=key,

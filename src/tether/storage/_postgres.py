@@ -114,6 +114,19 @@ _EFFECT_UPSERT = (
     "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text"
 )
 _APPEND_EVENT = "history = (history::jsonb || %s::jsonb)::text"
+# A tool call's intent as one statement (one round trip in autocommit): the fence check,
+# then the effect, then its journal entry, each only if the one before went through.
+_INTENT = (
+    f"WITH owned AS ({_OWNED}), "
+    f"effect AS (INSERT INTO effects ({EFFECT_COLUMNS}) "
+    "SELECT %s::text, %s::int, %s::text, %s::text, %s::text, %s::text, %s::text, "
+    "%s::boolean, %s::int, %s::boolean, %s::text, %s::text, %s::float8 FROM owned "
+    "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
+    "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text RETURNING 1) "
+    f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
+    f"%s::int, %s::int, %s::int FROM effect {_SEAL}"
+)
 _UNSEALED = (EntryStatus.WAITING, EntryStatus.INTENT)
 # Many plain journal writes of one flush as one statement: one row per write, each with
 # its own fence check, and RETURNING says which went through.
@@ -923,8 +936,12 @@ class PostgresStore:
         start_child: NewRun | None = None,
         effect: NewEffect | None = None,
     ) -> None:
+        blob = has_blob(entry)
+        if effect is not None and consume_signal is None and start_child is None and not blob:
+            await self._write_intent(fence, entry, effect)  # the common intent: one statement
+            return
         extra = consume_signal is not None or start_child is not None or effect is not None
-        extra = extra or has_blob(entry)
+        extra = extra or blob
 
         async def op(conn: Conn) -> None:
             if extra:  # a stale writer must write nothing, not even a blob: check first
@@ -968,6 +985,23 @@ class PostgresStore:
             values = (entry.input_json, None, entry.output_json, None)
             row = (*journal_params(fence, entry, values), fence.worker_id, int(fence.fence))
         await self._write(op, single=not extra, row=row)
+
+    async def _write_intent(self, fence: Fence, entry: NewEntry, effect: NewEffect) -> None:
+        params = (
+            fence.run_id,
+            fence.worker_id,
+            fence.fence,
+            *effect_params(fence, effect, time.time()),
+            f"[{effect.event_json}]",
+            *journal_params(fence, entry, (entry.input_json, None, entry.output_json, None)),
+        )
+
+        async def op(conn: Conn) -> None:
+            cur = await conn.execute(_INTENT, params)
+            if cur.rowcount != 1:
+                raise lease_lost(fence)
+
+        await self._write(op, single=True)
 
     async def finish_run(
         self,

@@ -64,9 +64,10 @@ _EFFECT_SELECT = """
 SELECT e.run_id, e.seq, j.name, e.kind, j.status, e.in_doubt, e.resolution,
        e.idempotency_key, COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
        e.blast_radius, e.approval, e.decision, e.tainted, e.attempt, e.history,
-       e.created_at, j.started_at, j.finished_at, j.attempts
+       e.created_at, j.started_at, j.finished_at, j.attempts, r.status
 FROM effects e
 JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
+JOIN runs r ON r.run_id = e.run_id
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
 """
@@ -82,8 +83,8 @@ def effect_query(
         where.append(f"e.run_id = {mark}")
     if seq:
         where.append(f"e.seq = {mark}")
-    if in_doubt:
-        where.append("e.in_doubt = TRUE")
+    if in_doubt:  # what a person can still act on: not of a run that has ended
+        where.append("e.in_doubt = TRUE AND r.status NOT IN ('succeeded', 'failed', 'cancelled')")
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     order = "e.seq" if run_id else "e.created_at DESC, e.run_id, e.seq"
     limit = f" LIMIT {mark} OFFSET {mark}" if page else ""
@@ -109,11 +110,15 @@ def effect_params(fence: Fence, effect: NewEffect, now: float) -> tuple[Any, ...
     )
 
 
-def _effect_state(status: str, in_doubt: Any, resolution: str | None) -> EffectState:
+def _effect_state(
+    status: str, in_doubt: Any, resolution: str | None, run_status: str
+) -> EffectState:
     if status == "completed":
         return EffectState.COMPLETED
     if status == "failed":
         return EffectState.FAILED
+    if RunStatus(run_status).is_terminal:
+        return EffectState.ABANDONED
     if resolution is not None:
         return EffectState.RESOLVED
     if status == "waiting":
@@ -127,7 +132,7 @@ def effect_from_row(row: tuple[Any, ...]) -> EffectRecord:
         seq=row[1],
         tool=row[2],
         kind=Effect(row[3]),
-        state=_effect_state(row[4], row[5], row[6]),
+        state=_effect_state(row[4], row[5], row[6], row[21]),
         resolution=json_or_none(row[6]),
         idempotency_key=row[7],
         args=json_or_none(row[8]),
@@ -154,6 +159,14 @@ def effect_state_error(run_id: str, seq: int, found: EffectRecord | None, want: 
             f"'tether effects {run_id}'",
             run_id=run_id,
             seq=seq,
+        )
+    if found.state is EffectState.ABANDONED:
+        return EffectStateError(
+            f"run {run_id!r} ended before its {found.tool!r} call at seq {seq} completed; "
+            "nothing can act on that call any more",
+            run_id=run_id,
+            seq=seq,
+            state=found.state.value,
         )
     return EffectStateError(
         f"the {found.tool!r} call at seq {seq} of run {run_id!r} is {found.state.value}, "
