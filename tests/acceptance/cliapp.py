@@ -3,11 +3,28 @@
 ``app`` is built with no URL, so it reads ``TETHER_DATABASE_URL`` when the worker imports
 it; the tests build their own App on the same file with ``build_app(url)`` to start runs
 from another process.
+
+The tools stand in for the outside world. While ``mail_outage`` is true (the tests set it
+in their own process, never in a worker subprocess), ``send_email`` times out after its
+request went out: it raises ``OutcomeUnknown``, so the irreversible call is in doubt and
+its run stops for a person. A fresh worker process sees a healthy mail server.
 """
 
 from __future__ import annotations
 
-from tether import App, Context
+import asyncio
+from typing import Any
+
+from tether import (
+    App,
+    ApprovalRejectedError,
+    Context,
+    Decision,
+    Effect,
+    OutcomeUnknown,
+)
+
+mail_outage = False
 
 
 def build_app(database_url: str | None = None) -> App:
@@ -30,6 +47,41 @@ def build_app(database_url: str | None = None) -> App:
         greeting = await greet(name)
         value = await ctx.wait_signal("go")
         return {"greeting": greeting, "go": value}
+
+    # -- tools: the effect log --------------------------------------------------------------
+    @app.tool(effect=Effect.READ)
+    def lookup(customer: str) -> dict[str, str]:
+        """Find a customer's email address."""
+        return {"customer": customer, "email": f"{customer}@example.com"}
+
+    @app.tool(effect=Effect.IRREVERSIBLE, blast_radius="one customer's inbox")
+    def send_email(to: str, subject: str, *, idempotency_key: str) -> dict[str, Any]:
+        """Send an email; the mail server may time out after accepting it."""
+        if mail_outage:
+            raise OutcomeUnknown(f"the mail server timed out after the request to {to}")
+        return {"sent_to": to, "message_id": f"m-{idempotency_key[:8]}"}
+
+    @app.tool(effect=Effect.IRREVERSIBLE, approval=Decision.APPROVE, blast_radius="money")
+    def wire_money(amount: int) -> dict[str, Any]:
+        """Wire money to the supplier; a person approves each transfer."""
+        return {"wired": amount}
+
+    @app.workflow
+    async def notify(ctx: Context, customer: str) -> dict[str, Any]:
+        contact = await lookup(customer)
+        receipt = await send_email(contact["email"], "your order shipped")
+        return {"email": contact["email"], "receipt": receipt}
+
+    @app.workflow
+    async def pay(ctx: Context, amount: int) -> dict[str, Any]:
+        try:
+            return await wire_money(amount)
+        except ApprovalRejectedError as exc:
+            return {"wired": 0, "rejected": str(exc)}
+
+    @app.workflow
+    async def pay_twice(ctx: Context, amount: int) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(wire_money(amount), wire_money(amount + 1)))
 
     return app
 

@@ -7,7 +7,9 @@ a step output such as ``"[red]"`` is shown as written instead of being read as a
 from __future__ import annotations
 
 import json
+import shlex
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,18 +19,32 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .._records import EntryStatus, JournalEntry, Run, RunStatus
+from .._records import (
+    Effect,
+    EffectRecord,
+    EffectState,
+    EntryStatus,
+    JournalEntry,
+    Run,
+    RunStatus,
+)
 from ._views import duration_ms
 
 __all__ = [
+    "approve_commands",
+    "effect_detail",
+    "effects_table",
     "entry_detail",
     "journal_table",
     "local_time",
     "preview",
+    "resolve_commands",
     "run_panel",
     "run_report",
     "runs_table",
+    "short_key",
     "status_text",
+    "took_text",
 ]
 
 STATUS_STYLES = {
@@ -41,6 +57,10 @@ STATUS_STYLES = {
     RunStatus.NEEDS_ATTENTION.value: "bold red reverse",
     EntryStatus.COMPLETED.value: "green",
     EntryStatus.WAITING.value: "yellow",
+    EffectState.AWAITING_APPROVAL.value: "bold yellow",
+    EffectState.INTENT.value: "blue",
+    EffectState.IN_DOUBT.value: "bold red",
+    EffectState.RESOLVED.value: "cyan",
 }
 
 
@@ -146,13 +166,174 @@ def entry_detail(entry: JournalEntry) -> str:
         if entry.kind == "child":
             return f"waiting for child run {(entry.input or {}).get('run_id')}"
         return "waiting"
+    if entry.status is EntryStatus.INTENT:
+        return "in flight (intent recorded, no completion yet)"
     if entry.kind == "sleep":
         return ""
     return preview(entry.output)
 
 
-def journal_table(entries: list[JournalEntry]) -> Table:
-    """One line per entry; the tries column only when some step was retried."""
+def short_key(key: str, width: int = 12) -> str:
+    return key if len(key) <= width else key[: width - 1] + "…"
+
+
+def _last_event(effect: EffectRecord, name: str) -> dict[str, Any]:
+    for event in reversed(effect.history):
+        if isinstance(event, dict) and event.get("event") == name:
+            return event
+    return {}
+
+
+_DECIDED = {
+    "approve": "approved",
+    "reject": "rejected",
+    "done": "resolved as done",
+    "retry": "resolved as retry",
+    "abort": "resolved as abort",
+}
+
+
+def effect_detail(effect: EffectRecord) -> str:
+    """What a person wants to know about a tool call: its result, its error, or why it
+    waits for one."""
+    if effect.state is EffectState.IN_DOUBT:
+        reason = _last_event(effect, "in_doubt").get("reason")
+        return "may or may not have happened" + (f": {reason}" if reason else "")
+    if effect.state is EffectState.AWAITING_APPROVAL:
+        return f"awaiting approval of {preview(effect.args, 40)}"
+    if effect.state is EffectState.RESOLVED:
+        done = effect.resolution or {}
+        action = str(done.get("action", ""))
+        who = f" by {done['by']}" if done.get("by") else ""
+        why = done.get("reason") or done.get("note")
+        then = "; the next worker carries it out"
+        return f"{_DECIDED.get(action, 'resolved')}{who}" + (f": {why}" if why else "") + then
+    if effect.state is EffectState.ABANDONED:
+        unknown = "; whether it happened is unknown" if effect.kind is Effect.IRREVERSIBLE else ""
+        return f"never completed: the run ended first{unknown}"
+    if effect.state is EffectState.INTENT:
+        return "in flight (intent recorded, no completion yet)"
+    if effect.state is EffectState.FAILED:
+        return _error_line(effect.error)
+    return preview(effect.result)
+
+
+def took_text(ms: float | None) -> str:
+    """A duration for people: milliseconds, seconds, minutes or hours."""
+    if ms is None:
+        return ""
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
+def effects_table(
+    effects: list[EffectRecord],
+    *,
+    wide: bool = True,
+) -> Table:
+    """One line per tool call of the effect log. Not ``wide`` (a narrow terminal):
+    without the key, try and decision columns, which ``--json`` and ``show`` have."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+    table.add_column("RUN", overflow="fold", style="bold")
+    table.add_column("SEQ", justify="right", no_wrap=True)
+    table.add_column("TOOL", no_wrap=True)
+    table.add_column("KIND", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    if wide:
+        table.add_column("KEY", no_wrap=True, style="dim")
+        table.add_column("TRY", justify="right", no_wrap=True)
+    table.add_column("TOOK", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("DECISION", no_wrap=True)
+    table.add_column("RESULT", no_wrap=True, overflow="ellipsis", ratio=1)
+    for effect in effects:
+        cells: list[RenderableType] = [
+            Text(effect.run_id),
+            str(effect.seq),
+            Text(effect.tool),
+            effect.kind.value,
+            status_text(effect.state.value),
+        ]
+        if wide:
+            cells += [short_key(effect.idempotency_key), str(effect.attempt)]
+        cells.append(took_text(duration_ms(effect)))
+        if wide:
+            cells.append(effect.decision.value)
+        cells.append(Text(effect_detail(effect)))
+        table.add_row(*cells)
+    return table
+
+
+def resolve_commands(effect: EffectRecord) -> list[tuple[str, str]]:
+    """The commands that resolve an in-doubt call, each with what it means."""
+    base = f"tether resolve {shlex.quote(effect.run_id)} {effect.seq}"
+    why = "--reason '<how you know>'"
+    return [
+        (f"{base} --done '<JSON result>' {why}", "it happened; JSON is what it returned"),
+        (f"{base} --retry {why}", "it did not happen: make the call again, same key"),
+        (f"{base} --abort {why}", "do not make it: it raises EffectAbortedError in the run"),
+    ]
+
+
+def approve_commands(effect: EffectRecord, only: bool) -> list[tuple[str, str]]:
+    """The commands that approve or reject a call awaiting approval."""
+    base = f"tether approve {shlex.quote(effect.run_id)}" + ("" if only else f" {effect.seq}")
+    return [
+        (base, "make the call"),
+        (f"{base} --reject --note '<why>'", "do not make it: it raises ApprovalRejectedError"),
+    ]
+
+
+def _commands(rows: list[tuple[str, str]]) -> Text:
+    """Commands to copy, each after a comment that says what it means (no borders)."""
+    lines: list[Text] = []
+    for command, meaning in rows:
+        lines += [Text(f"  # {meaning}", style="dim"), Text(f"  {command}")]
+    return Text("\n").join(lines)
+
+
+def _todo(effects: list[EffectRecord]) -> RenderableType | None:
+    """What a person must do for the run to go on: resolve or approve, as commands."""
+    in_doubt = [e for e in effects if e.state is EffectState.IN_DOUBT]
+    awaiting = [e for e in effects if e.state is EffectState.AWAITING_APPROVAL]
+    if not in_doubt and not awaiting:
+        return None
+    parts: list[RenderableType] = []
+    for effect in in_doubt:
+        parts.append(
+            Text.assemble(
+                (f"seq {effect.seq} {effect.tool}", "bold"),
+                " ",
+                ("is in doubt", "bold red"),
+                f" (idempotency key {effect.idempotency_key}): find out whether it happened, "
+                "then run one of",
+            )
+        )
+        parts.append(_commands(resolve_commands(effect)))
+    for effect in awaiting:
+        parts.append(
+            Text.assemble(
+                (f"seq {effect.seq} {effect.tool}", "bold"),
+                " ",
+                ("awaits approval", "bold yellow"),
+                f" of {preview(effect.args, 60)}: run one of",
+            )
+        )
+        parts.append(_commands(approve_commands(effect, only=len(awaiting) == 1)))
+    return Group(Text("to do", style="bold underline"), *parts)
+
+
+def journal_table(
+    entries: list[JournalEntry],
+    effects: Mapping[int, EffectRecord] | None = None,
+) -> Table:
+    """One line per entry; the tries column only when some step was retried. A tool
+    entry shows its effect kind and its state in the effect log (``effects`` by seq)."""
     retried = any(entry.attempts > 1 for entry in entries)
     table = Table(
         box=box.SIMPLE_HEAD, pad_edge=False, title="journal", title_justify="left", expand=True
@@ -169,22 +350,38 @@ def journal_table(entries: list[JournalEntry]) -> Table:
     table.add_column("OUTPUT", no_wrap=True, overflow="ellipsis", ratio=1)
     for entry in entries:
         took = duration_ms(entry)
+        effect = (effects or {}).get(entry.seq) if entry.kind == "tool" else None
+        kind = entry.kind if effect is None else f"tool ({effect.kind.value})"
+        status = entry.status.value if effect is None else effect.state.value
         cells: list[RenderableType] = [
             str(entry.seq),
-            entry.kind,
+            kind,
             Text(entry.name),
-            status_text(entry.status.value),
+            status_text(status),
             local_time(entry.started_at),
             "" if took is None else f"{took:.0f} ms",
         ]
         if retried:
             cells.append(str(entry.attempts))
-        cells.append(Text(entry_detail(entry)))
+        detail = entry_detail(entry) if effect is None else effect_detail(effect)
+        cells.append(Text(detail))
         table.add_row(*cells)
     return table
 
 
-def run_report(run: Run, entries: list[JournalEntry]) -> RenderableType:
+def run_report(
+    run: Run, entries: list[JournalEntry], effects: list[EffectRecord] | None = None
+) -> RenderableType:
+    """The run's panel, its journal, and what a person must do for it to go on."""
     if not entries:
         return Group(run_panel(run), Text("no journal entries yet", style="dim"))
-    return Group(run_panel(run), journal_table(entries))
+    effects = effects or []
+    parts: list[RenderableType] = [
+        run_panel(run),
+        journal_table(entries, {effect.seq: effect for effect in effects}),
+    ]
+    if not run.status.is_terminal:
+        todo = _todo(effects)
+        if todo is not None:
+            parts.append(todo)
+    return Group(*parts)

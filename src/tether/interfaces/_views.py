@@ -4,6 +4,12 @@ The keys of :func:`run_detail` are part of the public contract (DESIGN section 1
 ``run_id``, ``workflow``, ``status``, ``result``, ``error``, ``events``; each event has
 ``seq``, ``kind``, ``name``, ``status``. Everything else here may grow, never shrink.
 Times are ISO 8601 strings in UTC, durations milliseconds.
+
+:func:`effect_view` is one tool call of the effect log (``tether effects --json``, one line
+of ``tether effects export``): every field of :class:`~tether.EffectRecord`, enums as their
+string values, times (also the ``at`` of each history event and of the resolution) as ISO
+8601, plus ``in_doubt`` and ``duration_ms``. A tool event of ``tether show --json`` carries
+the part of it that :data:`EVENT_EFFECT_KEYS` names, as ``effect``.
 """
 
 from __future__ import annotations
@@ -11,9 +17,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .._records import JournalEntry, Run
+from .._records import EffectRecord, JournalEntry, Run
 
-__all__ = ["duration_ms", "entry_view", "iso_time", "run_detail", "run_summary"]
+__all__ = [
+    "EVENT_EFFECT_KEYS",
+    "duration_ms",
+    "effect_view",
+    "entry_view",
+    "iso_time",
+    "run_detail",
+    "run_summary",
+]
+
+# What a tool event of ``tether show --json`` says about its effect.
+EVENT_EFFECT_KEYS = (
+    "kind",
+    "state",
+    "idempotency_key",
+    "attempt",
+    "decision",
+    "resolution",
+    "history",
+    "tainted",
+    "blast_radius",
+)
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -22,7 +49,7 @@ def iso_time(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-def duration_ms(entry: JournalEntry) -> float | None:
+def duration_ms(entry: JournalEntry | EffectRecord) -> float | None:
     if entry.started_at is None or entry.finished_at is None:
         return None
     return round((entry.finished_at - entry.started_at) * 1000, 1)
@@ -62,9 +89,59 @@ def entry_view(entry: JournalEntry) -> dict[str, Any]:
     }
 
 
-def run_detail(run: Run, entries: list[JournalEntry]) -> dict[str, Any]:
-    """One run with its arguments and its journal (``tether show --json``)."""
+def _with_iso_at(event: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A history event or resolution with its ``at`` (epoch seconds) as ISO 8601."""
+    if event is None:
+        return None
+    at = event.get("at")
+    if isinstance(at, int | float) and not isinstance(at, bool):
+        return event | {"at": iso_time(float(at))}
+    return dict(event)
+
+
+def effect_view(effect: EffectRecord) -> dict[str, Any]:
+    """One tool call of the effect log (``tether effects --json``, ``export``)."""
+    return {
+        "run_id": effect.run_id,
+        "seq": effect.seq,
+        "tool": effect.tool,
+        "kind": effect.kind.value,
+        "state": effect.state.value,
+        "in_doubt": effect.in_doubt,
+        "idempotency_key": effect.idempotency_key,
+        "args": effect.args,
+        "result": effect.result,
+        "error": effect.error,
+        "blast_radius": effect.blast_radius,
+        "approval": effect.approval.value,
+        "decision": effect.decision.value,
+        "tainted": effect.tainted,
+        "attempt": effect.attempt,
+        "resolution": _with_iso_at(effect.resolution),
+        "history": [_with_iso_at(event) for event in effect.history],
+        "created_at": iso_time(effect.created_at),
+        "started_at": iso_time(effect.started_at),
+        "finished_at": iso_time(effect.finished_at),
+        "duration_ms": duration_ms(effect),
+        "attempts": effect.attempts,
+    }
+
+
+def run_detail(
+    run: Run, entries: list[JournalEntry], effects: list[EffectRecord] | None = None
+) -> dict[str, Any]:
+    """One run with its arguments and its journal (``tether show --json``); each tool
+    event with its ``effect`` (``None`` if the effect log has no record of it)."""
+    by_seq = {effect.seq: effect for effect in effects or ()}
     detail = run_summary(run)
     detail["args"] = run.args
-    detail["events"] = [entry_view(entry) for entry in entries]
+    events = []
+    for entry in entries:
+        event = entry_view(entry)
+        if entry.kind == "tool":
+            effect = by_seq.get(entry.seq)
+            view = None if effect is None else effect_view(effect)
+            event["effect"] = None if view is None else {k: view[k] for k in EVENT_EFFECT_KEYS}
+        events.append(event)
+    detail["events"] = events
     return detail

@@ -1,4 +1,5 @@
-"""The ``tether`` command line: run a worker, list and inspect runs, signal and cancel them.
+"""The ``tether`` command line: run a worker, list and inspect runs, signal and cancel them,
+read the effect log, resolve in-doubt tool calls and approve the ones that wait for a person.
 
 Tables for people, ``--json`` for programs and agents. Every command talks to the database
 through an :class:`~tether.App` and its public query and command API, never through SQL.
@@ -32,11 +33,11 @@ from rich.console import Console
 from rich.text import Text
 
 from .._errors import RunNotFoundError, TetherError
-from .._records import JournalEntry, Run, RunStatus
+from .._records import EffectRecord, EffectState, JournalEntry, Run, RunStatus
 from ..engine import App
 from ..storage import redact_url
-from ._render import run_report, runs_table
-from ._views import run_detail, run_summary
+from ._render import effects_table, preview, run_report, runs_table
+from ._views import effect_view, run_detail, run_summary
 
 __all__ = ["CommandError", "cli", "main"]
 
@@ -45,6 +46,8 @@ T = TypeVar("T")
 # Keep in sync with DEFAULT_DATABASE_URL in engine/_app.py.
 DEFAULT_DATABASE_URL = "sqlite:///tether.db"
 USAGE = 2  # exit code of a usage error, as click uses
+WIDE = 120  # columns from which tables show every column
+EVERY = 1_000_000_000  # a limit for list_effects that means all of a run's effects
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -170,28 +173,30 @@ def show(
         bool, typer.Option("--json", help="Print the run and its journal as JSON.")
     ] = False,
 ) -> None:
-    """Show a run and its journal: every step, wait and child run, in order."""
+    """Show a run and its journal: every step, tool call, wait and child run, in order."""
 
-    async def query(app: App) -> tuple[Run, list[JournalEntry]]:
+    async def query(app: App) -> tuple[Run, list[JournalEntry], list[EffectRecord]]:
         run = await app.get_run(run_id)
-        return run, await app.get_journal(run_id)
+        entries = await app.get_journal(run_id)
+        return run, entries, await app.list_effects(run_id, limit=EVERY)
 
-    run, entries = _query(ctx, query)
+    run, entries, effects = _query(ctx, query)
     if as_json:
-        _print_json(run_detail(run, entries))
+        _print_json(run_detail(run, entries, effects))
     else:
-        out.print(run_report(run, entries))
+        out.print(run_report(run, entries, effects))
 
 
 # -- signal, cancel -----------------------------------------------------------------------
-def _parse_json(text: str | None, name: str) -> Any:
+def _parse_json(text: str | None, what: str) -> Any:
+    """``text`` as JSON (``None`` for ``None``); ``what`` names it in the error."""
     if text is None:
         return None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(
-            f"malformed JSON value {text!r} for signal {name!r} ({exc.msg} at column "
+            f"malformed JSON value {text!r} for {what} ({exc.msg} at column "
             f"{exc.colno}); pass JSON, e.g. 'true', '42', '\"text\"' or '{{\"ok\": true}}'",
             USAGE,
         ) from None
@@ -207,7 +212,7 @@ def signal_command(
     ] = None,
 ) -> None:
     """Send a signal to a run; a run waiting on that name wakes up with the value."""
-    parsed = _parse_json(value, name)
+    parsed = _parse_json(value, f"signal {name!r}")
 
     async def send(app: App) -> Run:
         run = await app.get_run(run_id)
@@ -244,6 +249,294 @@ def cancel(
         raise CommandError(f"run {run_id!r} already {after.status.value}; nothing to cancel")
     else:
         out.print(f"cancelled run {run_id!r} (was {before.status.value})", markup=False)
+
+
+# -- effects, resolve, approve ------------------------------------------------------------
+EFFECTS_FORMS = "'tether effects [RUN_ID]' or 'tether effects export RUN_ID [-o FILE]'"
+
+
+@cli.command(
+    help="""The effect log: every tool call with its intent, completion and history.
+
+Two forms:
+
+* `tether effects [RUN_ID] [--in-doubt] [--json] [--limit N]` lists tool calls, those in
+doubt first; of one run in seq order, else newest first.
+
+* `tether effects export RUN_ID [-o FILE]` writes all of a run's tool calls as JSON Lines
+(one JSON object per line, in seq order) for audit: to stdout, or to FILE.
+"""
+)
+def effects(
+    ctx: typer.Context,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="RUN_ID | export RUN_ID",
+            help="A run whose tool calls to list (default: all runs), or 'export' and a run.",
+            show_default=False,
+        ),
+    ] = None,
+    in_doubt: Annotated[
+        bool, typer.Option("--in-doubt", help="Only irreversible calls in doubt.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", "-n", help="At most this many calls (default 50).", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", metavar="FILE", help="export: write to FILE, not stdout."),
+    ] = None,
+) -> None:
+    words = list(args or [])
+    if words and words[0] == "export":
+        if len(words) != 2:
+            problem = (
+                "needs a RUN_ID" if len(words) == 1 else f"takes one RUN_ID, not {len(words) - 1}"
+            )
+            raise CommandError(f"effects export {problem}; use {EFFECTS_FORMS}", USAGE)
+        given = [
+            name
+            for name, on in (
+                ("--in-doubt", in_doubt),
+                ("--json", as_json),
+                ("--limit", limit is not None),
+            )
+            if on
+        ]
+        if given:
+            raise CommandError(
+                f"effects export writes every call of the run as JSON Lines; "
+                f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to it",
+                USAGE,
+            )
+        _export_effects(ctx, words[1], output)
+        return
+    if len(words) > 1:
+        raise CommandError(f"unexpected arguments {' '.join(words)!r}; use {EFFECTS_FORMS}", USAGE)
+    if output is not None:
+        raise CommandError(
+            f"--output goes with export: 'tether effects export RUN_ID -o {output}'", USAGE
+        )
+    run_id = words[0] if words else None
+    wanted = 50 if limit is None else limit
+    if wanted < 1:
+        raise CommandError(f"--limit must be at least 1, not {wanted}", USAGE)
+
+    async def query(app: App) -> list[EffectRecord]:
+        return await app.list_effects(run_id, in_doubt=in_doubt, limit=wanted)
+
+    found = _query(ctx, query)
+    if as_json:
+        _print_json([effect_view(effect) for effect in found])
+        return
+    if not found:
+        what = "no effects in doubt" if in_doubt else "no effects"
+        out.print(what if run_id is None else f"run {run_id!r} has {what}", markup=False)
+        return
+    out.print(effects_table(found, wide=out.width >= WIDE))
+    if len(found) == wanted:
+        out.print(f"the first {wanted} shown; see more with --limit", style="dim")
+    doubtful = sorted({e.run_id for e in found if e.in_doubt})
+    if doubtful:
+        runs = ", ".join(repr(r) for r in doubtful[:3]) + (", ..." if len(doubtful) > 3 else "")
+        out.print(
+            Text.assemble(
+                ("in doubt", "bold red"),
+                f": find out whether each call happened, then resolve it; 'tether show RUN_ID' "
+                f"prints the commands (run {runs})",
+            )
+        )
+    awaiting = sorted({e.run_id for e in found if e.state is EffectState.AWAITING_APPROVAL})
+    if awaiting:
+        runs = ", ".join(repr(r) for r in awaiting[:3]) + (", ..." if len(awaiting) > 3 else "")
+        out.print(
+            Text.assemble(
+                ("awaiting approval", "bold yellow"),
+                f": 'tether approve RUN_ID [SEQ]' or with --reject (run {runs})",
+            )
+        )
+
+
+def _export_effects(ctx: typer.Context, run_id: str, output: str | None) -> None:
+    async def query(app: App) -> list[EffectRecord]:
+        return await app.list_effects(run_id, limit=EVERY)
+
+    found = sorted(_query(ctx, query), key=lambda effect: effect.seq)
+    lines = "".join(json.dumps(effect_view(effect), ensure_ascii=False) + "\n" for effect in found)
+    if output is None or output == "-":
+        sys.stdout.write(lines)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(lines)
+    except OSError as exc:
+        raise CommandError(f"cannot write {output}: {exc.strerror or exc}") from None
+    noun = "call" if len(found) == 1 else "calls"
+    out.print(f"wrote {len(found)} tool {noun} of run {run_id!r} to {output}", markup=False)
+
+
+def _parse_seq(text: str) -> int:
+    try:
+        seq = int(text)
+    except ValueError:
+        seq = 0
+    if seq < 1:
+        raise CommandError(
+            f"SEQ must be a positive whole number, the seq of a tool call (see 'tether "
+            f"effects RUN_ID'), not {text!r}",
+            USAGE,
+        )
+    return seq
+
+
+_OUTCOMES = {
+    "done": "the call happened, with the result given",
+    "retry": "the call is made again, with the same idempotency key",
+    "abort": "the call is not made; it raises EffectAbortedError in the run",
+}
+
+
+@cli.command()
+def resolve(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run that needs attention.")],
+    seq: Annotated[
+        str, typer.Argument(metavar="SEQ", help="The in-doubt call's seq (see tether effects).")
+    ],
+    done: Annotated[
+        str | None,
+        typer.Option("--done", metavar="JSON", help="It happened; JSON is what it returned."),
+    ] = None,
+    retry: Annotated[
+        bool, typer.Option("--retry", help="It did not happen: make it again, same key.")
+    ] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="Do not make it: the call raises an error in the run.")
+    ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", "-r", metavar="TEXT", help="How you know (required); recorded."),
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", metavar="NAME", help="Who decides (default: user@host).")
+    ] = None,
+) -> None:
+    """Resolve an irreversible tool call in doubt: it happened, it did not, or it must not.
+
+    The run is needs_attention because the call may or may not have happened. Find out,
+    then say which with exactly one of --done JSON (it happened; JSON is what it returned),
+    --retry (it did not; make it again with the same idempotency key) or --abort (do not
+    make it), and why with --reason. The decision is recorded in the effect's history, with
+    who and why, and the run resumes on the next worker.
+    """
+    number = _parse_seq(seq)
+    chosen = [
+        name
+        for name, on in (("--done", done is not None), ("--retry", retry), ("--abort", abort))
+        if on
+    ]
+    if len(chosen) != 1:
+        problem = "say what happened" if not chosen else f"choose one of {', '.join(chosen)}"
+        raise CommandError(
+            f"{problem}: --done JSON (it happened; JSON is its result), --retry (it did not) "
+            "or --abort (do not make it)",
+            USAGE,
+        )
+    if reason is None or not reason.strip():
+        raise CommandError(
+            "--reason is required: say how you know, e.g. --reason 'the mail log shows it "
+            "was sent'",
+            USAGE,
+        )
+    action = chosen[0].removeprefix("--")
+    result = _parse_json(done, "--done")
+
+    async def act(app: App) -> EffectRecord:
+        return await app.resolve(run_id, number, action, result=result, by=by, reason=reason)
+
+    effect = _query(ctx, act)
+    who = (effect.resolution or {}).get("by") or by or "you"
+    out.print(
+        f"resolved seq {effect.seq} of run {run_id!r} ({effect.tool}) as {action} by {who}: "
+        f"{_OUTCOMES[action]}; the run resumes on the next worker",
+        markup=False,
+    )
+
+
+@cli.command()
+def approve(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run that waits.")],
+    seq: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="SEQ",
+            help="The call's seq; needed only when several wait.",
+            show_default=False,
+        ),
+    ] = None,
+    reject: Annotated[
+        bool, typer.Option("--reject", help="Reject the call instead: it is never made.")
+    ] = False,
+    note: Annotated[
+        str | None, typer.Option("--note", metavar="TEXT", help="A note, recorded with it.")
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", metavar="NAME", help="Who decides (default: user@host).")
+    ] = None,
+) -> None:
+    """Approve (or --reject) a tool call that waits for a person.
+
+    The run's only call awaiting approval, or the one at SEQ when several wait. The
+    decision binds to that one call (its tool, arguments and idempotency key), is recorded
+    in its history, and wakes the run.
+    """
+    number = None if seq is None else _parse_seq(seq)
+    if note is not None and not note.strip():
+        raise CommandError("--note is empty; leave it out or say something", USAGE)
+
+    async def act(app: App) -> EffectRecord:
+        wanted = number
+        if wanted is None:
+            waiting = [
+                e
+                for e in await app.list_effects(run_id, limit=EVERY)
+                if e.state is EffectState.AWAITING_APPROVAL
+            ]
+            if not waiting:
+                raise CommandError(
+                    f"run {run_id!r} has no tool call awaiting approval; see "
+                    f"'tether effects {run_id}'"
+                )
+            if len(waiting) > 1:
+                found = ", ".join(f"seq {e.seq} ({e.tool} {preview(e.args, 40)})" for e in waiting)
+                raise CommandError(
+                    f"run {run_id!r} has {len(waiting)} tool calls awaiting approval: {found}; "
+                    f"say which: 'tether approve {run_id} SEQ'"
+                )
+            wanted = waiting[0].seq
+        return await app.approve(run_id, wanted, approved=not reject, by=by, note=note)
+
+    effect = _query(ctx, act)
+    verdict = effect.resolution or {}
+    who = verdict.get("by") or by or "you"
+    call = f"seq {effect.seq} of run {run_id!r} ({effect.tool} {preview(effect.args, 60)})"
+    if reject:
+        out.print(
+            f"rejected {call} by {who}: the call is never made; it raises "
+            "ApprovalRejectedError in the run",
+            markup=False,
+        )
+    else:
+        out.print(
+            f"approved {call} by {who}: the run makes this one call when a worker resumes it",
+            markup=False,
+        )
 
 
 # -- worker -------------------------------------------------------------------------------
