@@ -35,6 +35,9 @@ c. failover: worker process A executes a long run; worker process B, presenting 
    length, kill -> first recovered step (executed by B), lease expiry -> first recovered
    step, and whether B resumed at the step in flight. Also, with B on the same host and
    the default lease, the time until B sees A's pid gone and takes over.
+d. tool calls, as ``core.py`` measures them (its section f): ms per call of a 200-call run
+   of a trivial tool for each effect kind, next to ms per step of a 200-step run in the
+   same rounds, and the ratio (target: at most twice a plain step), in one process.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class PgConfig:
     lease: float = 2.0
     failover_reps: int = 3
     same_host: bool = True
+    tool_calls: int = 200  # calls per tool run, and steps of the plain run beside it
+    tool_reps: int = 10  # rounds: one plain run, then one run per effect kind
     warmup: int = 3
 
 
@@ -101,6 +106,8 @@ QUICK = PgConfig(
     lease=1.0,
     failover_reps=1,
     same_host=False,
+    tool_calls=50,
+    tool_reps=2,
     warmup=1,
 )
 
@@ -615,6 +622,24 @@ async def bench_chain_no_flush(url: str, cfg: PgConfig) -> dict[str, Any]:
     return {"nosync_ms_per_step": statistics.median(per_step), "nosync_setting": level}
 
 
+# -- (d): tool calls against plain steps ---------------------------------------------------
+async def bench_tools(url: str, cfg: PgConfig) -> dict[str, Any]:
+    """core.py's section f on this server: one process, the store's own settings."""
+    app, chain, _fan = core.build_app(url)
+    tool_chain = core.add_tool_chain(app)
+    rounds: list[dict[str, tuple[float, int]]] = []
+    async with app:
+        for rep in range(cfg.warmup):
+            await core.tool_round(app, chain, tool_chain, cfg.tool_calls, f"tools-warm-{rep}", rep)
+        cpu0 = cpu_snapshot()
+        for rep in range(cfg.tool_reps):
+            rounds.append(
+                await core.tool_round(app, chain, tool_chain, cfg.tool_calls, f"tools-{rep}", rep)
+            )
+        background = background_cpu(cpu0, cpu_snapshot())
+    return {**core.tool_figures(rounds, cfg.tool_calls), "tool_background_cpu": background}
+
+
 # -- (b): 500 concurrent 10-step runs -----------------------------------------------------
 async def fan_round(
     app: Any, fan: Any, cfg: PgConfig, prefix: str, runs: int, *, by_query: bool = False
@@ -968,6 +993,7 @@ def report(machine: dict[str, Any], server: dict[str, Any], f: dict[str, Any]) -
                 "reference",
             )
         )
+    rows += core.tool_rows(f, "d")
     lines = [
         f"machine: {machine['nproc']} CPU ({machine['cpu']}), Python {machine['python']}, "
         f"psycopg {machine['psycopg']} ({machine['psycopg_impl']}, libpq {machine['libpq']})",
@@ -988,6 +1014,11 @@ def report(machine: dict[str, Any], server: dict[str, Any], f: dict[str, Any]) -
         )
     if server["fsync"] != "on" or server["synchronous_commit"] != "on":
         lines.append("\nWARNING: fsync or synchronous_commit is off: commits cost no flush.")
+    if f.get("tool_background_cpu", 0.0) > 0.1:
+        lines.append(
+            f"\nWARNING: other processes used {f['tool_background_cpu']:.0%} of the CPUs "
+            "during (d); its figures are pessimistic."
+        )
     return "\n".join(lines)
 
 
@@ -1058,6 +1089,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             (f"(b) worker processes {cfg.workers}", fan_part),
             ("(b) in-process", lambda: asyncio.run(bench_fan_in_process(url, cfg))),
             ("(c) failover", lambda: asyncio.run(bench_failover(url, cfg, logdir))),
+            ("(d) tool calls", lambda: asyncio.run(bench_tools(url, cfg))),
         ]
         for label, part in parts:
             t0 = time.perf_counter()
@@ -1075,7 +1107,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "backend": "postgres",
             "quick": bool(args.quick),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()},
-            "targets": {"ms_per_step": TARGET_MS_PER_STEP, "steps_per_s": TARGET_STEPS_PER_S},
+            "targets": {
+                "ms_per_step": TARGET_MS_PER_STEP,
+                "steps_per_s": TARGET_STEPS_PER_S,
+                "tool_call_over_step": core.TARGET_TOOL_OVER_STEP,
+            },
             "machine": machine,
             "server": server,
             "figures": figures,

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/core.py            # full run (about 8-20 s)
+    .venv/bin/python benchmarks/core.py            # full run (about 15-30 s)
     .venv/bin/python benchmarks/core.py --quick    # CI smoke, a few seconds
     .venv/bin/python benchmarks/core.py --json     # also write benchmarks/results/core-<date>.json
     .venv/bin/python benchmarks/core.py --json out.json
@@ -25,6 +25,14 @@ d. the floor: one committed ``INSERT`` per transaction with plain ``sqlite3`` (W
 e. recovery: a child process is killed with SIGKILL in the middle of a run; a fresh
    process then measures the time from ``async with app`` opening to the first recovered
    step executing (and checks that it is the step that was in flight).
+f. tool calls: ms per call of one workflow making 200 sequential calls of a trivial tool,
+   for each effect kind (``Effect.READ``, ``Effect.IDEMPOTENT`` taking an
+   ``idempotency_key``, ``Effect.IRREVERSIBLE``), next to ms per step of a 200-step run
+   measured in the same rounds (a step, then one run per kind, in rotating order; median
+   over several rounds after warm-up). A tool call is two committed writes (the intent
+   before the call, the completion after it), a step one; the target is a tool call
+   costing at most twice a plain step (the ratio is the median of the per-round ratios).
+   The same section runs with ``--backend postgres``.
 
 Also, for explaining the figures: the 200-step run again with ``synchronous=NORMAL`` (no
 fsync per commit in WAL mode: the engine's CPU cost per step), the cost of a bare 4 KiB
@@ -65,6 +73,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 TARGET_MS_PER_STEP = 0.35
 TARGET_STEPS_PER_S = 3500.0
 TARGET_RECOVERY_S = 0.1
+TARGET_TOOL_OVER_STEP = 2.0  # a tool call (intent + completion) vs a plain step
+
+TOOL_KINDS = ("read", "idempotent", "irreversible")  # Effect values, in report order
 
 RECOVERY_STEPS = 400
 RECOVERY_KILL_AT = 150  # the step in flight when the process is killed
@@ -80,10 +91,20 @@ class Config:
     fan_reps: int = 5
     floor_batch: int = 200  # commits per floor batch, one batch before each chain run
     recovery_reps: int = 5
+    tool_calls: int = 200  # calls per tool run, and steps of the plain run beside it
+    tool_reps: int = 15  # rounds: one plain run, then one run per effect kind
     warmup: int = 2
 
 
-QUICK = Config(chain_reps=3, fan_reps=1, floor_batch=100, recovery_reps=1, warmup=1)
+QUICK = Config(
+    chain_reps=3,
+    fan_reps=1,
+    floor_batch=100,
+    recovery_reps=1,
+    tool_calls=50,
+    tool_reps=2,
+    warmup=1,
+)
 
 
 # -- environment --------------------------------------------------------------------------
@@ -246,6 +267,37 @@ def build_app(url: str, *, max_concurrency: int = 100, **options: Any) -> tuple[
     return app, chain, fan
 
 
+def add_tool_chain(app: Any) -> Any:
+    """Register three trivial tools, one per effect kind, and a workflow that calls one of
+    them ``n`` times in sequence, timing its own loop (as ``chain`` does)."""
+    from tether import Context, Effect
+
+    @app.tool(effect=Effect.READ)
+    async def read_tool(i: int) -> int:
+        return i
+
+    @app.tool(effect=Effect.IDEMPOTENT)
+    async def idempotent_tool(i: int, *, idempotency_key: str) -> int:
+        return i
+
+    @app.tool(effect=Effect.IRREVERSIBLE)
+    async def irreversible_tool(i: int) -> int:
+        return i
+
+    tools = {"read": read_tool, "idempotent": idempotent_tool, "irreversible": irreversible_tool}
+    assert tuple(tools) == TOOL_KINDS and all(str(t.effect) == k for k, t in tools.items())
+
+    @app.workflow
+    async def tool_chain(ctx: Context, kind: str, n: int) -> float:
+        tool = tools[kind]
+        t0 = time.perf_counter()
+        for i in range(n):
+            await tool(i)
+        return time.perf_counter() - t0
+
+    return tool_chain
+
+
 def commits(app: Any) -> int:
     return int(getattr(app.store, "commits", 0))
 
@@ -351,6 +403,102 @@ async def bench_cpu_only(workdir: Path, cfg: Config) -> dict[str, Any]:
             if rep >= cfg.warmup:
                 per_step.append(inside / cfg.chain_steps * 1000)
     return {"cpu_ms_per_step": statistics.median(per_step), "cpu_synchronous": level}
+
+
+# -- (f): tool calls against plain steps, in the same rounds ------------------------------
+async def tool_round(
+    app: Any, chain: Any, tool_chain: Any, n: int, prefix: str, rotate: int = 0
+) -> dict[str, tuple[float, int]]:
+    """One ``n``-step run and one ``n``-call run per effect kind (the order rotated by
+    ``rotate``): for each, ms per step or call (timed inside the workflow) and commits."""
+    kinds = ("step", *TOOL_KINDS)
+    rotate %= len(kinds)
+    out: dict[str, tuple[float, int]] = {}
+    for kind in kinds[rotate:] + kinds[:rotate]:
+        before = commits(app)
+        if kind == "step":
+            handle = await app.start(chain, n, run_id=f"{prefix}-step")
+        else:
+            handle = await app.start(tool_chain, kind, n, run_id=f"{prefix}-{kind}")
+        inside = await handle.result(timeout=300)
+        out[kind] = (inside / n * 1000, commits(app) - before)
+    return out
+
+
+def tool_figures(rounds: list[dict[str, tuple[float, int]]], n: int) -> dict[str, Any]:
+    """The medians over the rounds; a ratio is the median of the per-round ratios."""
+    steps = [r["step"][0] for r in rounds]
+    out: dict[str, Any] = {
+        "tool_calls_per_run": n,
+        "tool_rounds": len(rounds),
+        "tool_step_ms_per_step": statistics.median(steps),
+        "tool_step_ms_per_step_all": steps,
+        "tool_step_commits_per_run": statistics.median(r["step"][1] for r in rounds),
+    }
+    for kind in TOOL_KINDS:
+        calls = [r[kind][0] for r in rounds]
+        out[f"tool_{kind}_ms_per_call"] = statistics.median(calls)
+        out[f"tool_{kind}_ms_per_call_all"] = calls
+        out[f"tool_{kind}_over_step"] = statistics.median(
+            c / s for c, s in zip(calls, steps, strict=True)
+        )
+        out[f"tool_{kind}_commits_per_run"] = statistics.median(r[kind][1] for r in rounds)
+    return out
+
+
+async def bench_tools(workdir: Path, cfg: Config) -> dict[str, Any]:
+    """(f) on a database of its own, synchronous=FULL, once its WAL file stops growing."""
+    app, chain, _fan = build_app(f"sqlite:///{workdir / 'tools.db'}")
+    tool_chain = add_tool_chain(app)
+    wal = Path(f"{workdir / 'tools.db'}-wal")
+    rounds: list[dict[str, tuple[float, int]]] = []
+    async with app:
+        for rep in range(max(cfg.warmup, 30)):  # warm-up: see bench_durable
+            size = wal_size(wal)
+            await tool_round(app, chain, tool_chain, cfg.tool_calls, f"tools-warm-{rep}", rep)
+            if wal_size(wal) <= size and rep + 1 >= cfg.warmup:
+                break
+        for rep in range(cfg.tool_reps):
+            rounds.append(
+                await tool_round(app, chain, tool_chain, cfg.tool_calls, f"tools-{rep}", rep)
+            )
+    return tool_figures(rounds, cfg.tool_calls)
+
+
+def tool_rows(f: dict[str, Any], letter: str) -> list[tuple[str, ...]]:
+    """The report rows of (f): ms per plain step, then per kind ms per call and the ratio."""
+    n = f["tool_calls_per_run"]
+    rows: list[tuple[str, ...]] = [
+        (
+            f"{letter}. plain step, {n}-step run (same rounds)",
+            f"{f['tool_step_ms_per_step']:.3f} ms/step",
+            "reference",
+        ),
+    ]
+    labels = {
+        "read": "read tool",
+        "idempotent": "idempotent tool (idempotency_key)",
+        "irreversible": "irreversible tool",
+    }
+    for kind in TOOL_KINDS:
+        ratio = f[f"tool_{kind}_over_step"]
+        rows += [
+            (f"   {labels[kind]}, {n}-call run", f"{f[f'tool_{kind}_ms_per_call']:.3f} ms/call"),
+            (
+                "     tool call / plain step",
+                f"{ratio:.2f}x",
+                f"<= {TARGET_TOOL_OVER_STEP:g}x a step",
+                verdict(ratio <= TARGET_TOOL_OVER_STEP),
+            ),
+        ]
+    counts = "/".join(f"{f[f'tool_{kind}_commits_per_run']:.0f}" for kind in TOOL_KINDS)
+    rows.append(
+        (
+            "   commits per run: read/idem./irrev.",
+            f"{counts} (step run: {f['tool_step_commits_per_run']:.0f})",
+        )
+    )
+    return rows
 
 
 # -- (c): plain calls ---------------------------------------------------------------------
@@ -538,6 +686,7 @@ def report(machine: dict[str, Any], f: dict[str, Any]) -> str:
         ),
         ("   of which open (migrations, claim)", f"{f['recovery_open_s'] * 1000:.1f} ms"),
         ("   same, pydantic already warm", f"{f['recovery_first_step_warm_s'] * 1000:.1f} ms"),
+        *tool_rows(f, "f"),
     ]
     header = ("figure", "measured", "target", "")
     cells = [(*row, "", "")[:4] for row in rows]
@@ -588,6 +737,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         ("plain calls", lambda: asyncio.run(bench_plain(cfg))),
         ("fdatasync", lambda: {"fdatasync_ms": bare_fdatasync_ms(workdir / "raw.bin")}),
         ("recovery", lambda: bench_recovery(workdir, cfg)),
+        ("tool calls", lambda: asyncio.run(bench_tools(workdir, cfg))),
     ]
     started = time.perf_counter()
     busy0, own0 = cpu_busy_s(), own_cpu_s()
@@ -614,6 +764,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 "ms_per_step": TARGET_MS_PER_STEP,
                 "steps_per_s": TARGET_STEPS_PER_S,
                 "recovery_first_step_s": TARGET_RECOVERY_S,
+                "tool_call_over_step": TARGET_TOOL_OVER_STEP,
             },
             "machine": machine,
             "figures": figures,

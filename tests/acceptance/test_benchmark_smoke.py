@@ -3,6 +3,8 @@ the harness, not asserted here: timing on a shared machine is not a test."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +15,25 @@ import pytest
 from conftest import SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]
+TOOL_KINDS = ("read", "idempotent", "irreversible")
+
+
+def assert_tool_call_figures(stdout: str, out: Path) -> None:
+    """The tool-call section ran: ms per call of each effect kind next to ms per plain step,
+    and their ratio, printed and in the JSON as positive numbers (never a speed)."""
+    assert "tool call / plain step" in stdout
+    for label in ("read tool", "idempotent tool", "irreversible tool"):
+        assert label in stdout
+    figures = json.loads(out.read_text(encoding="utf-8"))["figures"]
+    names = ["tool_step_ms_per_step"]
+    for kind in TOOL_KINDS:
+        names += [f"tool_{kind}_ms_per_call", f"tool_{kind}_over_step"]
+    for name in names:
+        value = figures[name]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
+    for kind in TOOL_KINDS:
+        # Each call writes an intent and a completion: more commits than the plain run.
+        assert figures[f"tool_{kind}_commits_per_run"] > figures["tool_step_commits_per_run"] > 0
 
 
 @pytest.mark.slow
@@ -29,6 +50,7 @@ def test_core_benchmark_quick_mode_runs(tmp_path: Path) -> None:
     assert "ms/step" in proc.stdout and "steps/s" in proc.stdout
     assert "synchronous=FULL" in proc.stdout
     assert out.exists() and out.stat().st_size > 0
+    assert_tool_call_figures(proc.stdout, out)
 
 
 @pytest.mark.slow
@@ -57,3 +79,4 @@ def test_core_benchmark_quick_mode_runs_on_postgres(postgres_template: str, tmp_
     assert "worker process" in proc.stdout and "failover" in proc.stdout
     assert "synchronous_commit=" in proc.stdout
     assert out.exists() and out.stat().st_size > 0
+    assert_tool_call_figures(proc.stdout, out)

@@ -69,7 +69,11 @@ async def test_intent_then_completion(store: AnyStore) -> None:
     await store.append_entry(fence, tool_entry(), effect=effect())
     [found] = await store.list_effects(run_id="r1")
     assert found.state is EffectState.INTENT
-    assert (found.tool, found.kind.value, found.idempotency_key) == ("send", "irreversible", "key-1")
+    assert (found.tool, found.kind.value, found.idempotency_key) == (
+        "send",
+        "irreversible",
+        "key-1",
+    )
     assert found.args == {"to": "ada"} and found.result is None
     assert found.blast_radius == "one customer" and found.tainted is False
     assert [h["event"] for h in found.history] == ["intent"]
@@ -183,9 +187,7 @@ async def test_effect_listing_puts_doubt_first(store: AnyStore) -> None:
     fences = {f.run_id: f for f in await store.claim_runs("w1", 10, 30.0, WORKFLOWS)}
     for run_id in ("a", "b", "c"):
         await store.append_entry(fences[run_id], tool_entry(), effect=effect())
-        await store.append_entry(
-            fences[run_id], tool_entry(2, "completed", "ok"), effect=effect(2)
-        )
+        await store.append_entry(fences[run_id], tool_entry(2, "completed", "ok"), effect=effect(2))
     doubt = InDoubt(1, json.dumps({"event": "in_doubt"}))
     await store.finish_run(fences["b"], RunStatus.NEEDS_ATTENTION, error_json="{}", in_doubt=doubt)
     listed = await store.list_effects()
