@@ -238,8 +238,10 @@ class Context:
         attempts: int,
         *,
         delivery: int | None,
+        replaces: bool = False,
     ) -> NewEntry:
-        """A journal write for the call at ``seq``, with its place in the delivery order."""
+        """A journal write for the call at ``seq``, with its place in the delivery order
+        (``replaces``: over the call's intent, which is there)."""
         after, after_seq = self._after.get(seq, (0, 0))
         return NewEntry(
             seq,
@@ -255,6 +257,7 @@ class Context:
             delivery=None if delivery is None else self._order.stored(delivery),
             after_delivery=self._order.stored(after),
             after_seq=after_seq,
+            replaces=replaces,
         )
 
     async def _turn(self, delivery: int | None, *, recorded: bool) -> None:
@@ -519,8 +522,13 @@ class Context:
         **detail: Any,
     ) -> NewEffect:
         """The effect-log record written with the call's entry (history gets ``event``)."""
-        note = {"event": event, "attempt": attempt, "at": time.time()}
-        note["worker"] = self._fence.worker_id
+        # The common note is built as text: this runs on every tool call.
+        note = (
+            f'{{"event": "{event}", "attempt": {attempt}, "at": {time.time()!r}, '
+            f'"worker": {json.dumps(self._fence.worker_id)}'
+        )
+        if detail:
+            note += ", " + json.dumps(detail)[1:-1]
         return NewEffect(
             seq=seq,
             kind=tool.effect.value,
@@ -530,7 +538,7 @@ class Context:
             decision=decision.value,
             tainted=self._tainted,
             attempt=attempt,
-            event_json=json.dumps(note | detail),
+            event_json=note + "}",
         )
 
     async def _await_approval(
@@ -719,7 +727,7 @@ class Context:
                         seq, "tool", tool.name, status, call.input_json,
                         output_json if failure is None else None,
                         None if error is None else json.dumps(error),
-                        started, time.time(), attempts, delivery=delivery,
+                        started, time.time(), attempts, delivery=delivery, replaces=True,
                     )
                 )  # fmt: skip
         except BaseException:

@@ -58,6 +58,9 @@ class ToolDef:
     wants_key: bool
     reconcile_wants_key: bool
     description: str
+    # Parameter names when every one may be passed by position and none has a default:
+    # positional calls then bind without inspect (the common case, kept cheap).
+    simple: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,11 @@ def make_tool(
             )
     if blast_radius is not None and (not isinstance(blast_radius, str) or not blast_radius):
         raise RegistrationError(f"tool {qualified!r}: blast_radius must be a non-empty str")
+    simple: tuple[str, ...] | None = tuple(p.name for p in params)
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params) or any(
+        p.default is not inspect.Parameter.empty for p in params
+    ):
+        simple = None
     return ToolDef(
         name=qualified,
         body=body,
@@ -164,6 +172,7 @@ def make_tool(
         wants_key=wants_key,
         reconcile_wants_key=reconcile is not None and _accepts_key(reconcile),
         description=inspect.cleandoc(fn.__doc__ or ""),
+        simple=simple,
     )
 
 
@@ -176,13 +185,20 @@ def prepare_call(
             f"tool {tool.name!r}: do not pass {KEY_PARAM}; Tether passes one that is stable "
             "for this call across retries and crashes"
         )
-    try:
-        bound = tool.call_signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"tool {tool.name!r}: {exc}") from None
+    if tool.simple is not None and not kwargs and len(args) == len(tool.simple):
+        arguments = dict(zip(tool.simple, args, strict=True))
+    else:
+        try:
+            bound = tool.call_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"tool {tool.name!r}: {exc}") from None
+        args, kwargs, arguments = bound.args, bound.kwargs, bound.arguments
+    if not tool.secret_params:
+        input_json = dumps(arguments, what=f"arguments of tool {tool.name!r}")
+        return PreparedCall(args, kwargs, arguments, input_json, ())
     record: dict[str, Any] = {}
     secrets: list[str] = []
-    for name, value in bound.arguments.items():
+    for name, value in arguments.items():
         if name in tool.secret_params:
             record[name] = hasher.hash(value)
             if isinstance(value, str) and len(value) >= 4:
@@ -190,7 +206,7 @@ def prepare_call(
         else:
             record[name] = value
     input_json = dumps(record, what=f"arguments of tool {tool.name!r}")
-    return PreparedCall(bound.args, dict(bound.kwargs), record, input_json, tuple(secrets))
+    return PreparedCall(args, dict(kwargs), record, input_json, tuple(secrets))
 
 
 def tool_model(tool: ToolDef) -> type[pydantic.BaseModel]:

@@ -75,10 +75,17 @@ _OWNED = (
 
 
 # A tool call's intent, first written or written again (a call authorized anew).
+# The fence check is part of it, as of a plain journal insert.
 _EFFECT_UPSERT = (
-    f"INSERT INTO effects ({EFFECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO effects ({EFFECT_COLUMNS}) "
+    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = excluded.attempt, in_doubt = 0, "
     "resolution = NULL, history = json_insert(effects.history, '$[#]', json(?))"
+)
+# A tool call's completion, over its intent.
+_SEAL_IN_PLACE = (
+    "UPDATE journal SET status = ?, output = ?, output_ref = ?, error = ?, finished_at = ?, "
+    f"attempts = ?, delivery = ? WHERE run_id = ? AND seq = ? AND EXISTS ({_OWNED})"
 )
 _APPEND_EVENT = "history = json_insert(history, '$[#]', json(?))"
 
@@ -652,18 +659,28 @@ class SQLiteStore:
         effect: NewEffect | None = None,
     ) -> None:
         # A stale writer must write nothing, not even a blob: check the fence first
-        # whenever the insert below is not the first write.
-        first = consume_signal is None and start_child is None and effect is None
-        first = first and not has_blob(entry)
+        # whenever the first write below does not check it itself.
+        checked = consume_signal is None and start_child is None and not has_blob(entry)
+        if entry.replaces and checked and effect is None:
+            await self._seal_in_place(fence, entry)
+            return
 
         def op(conn: sqlite3.Connection) -> None:
-            if not first:
+            if not checked:
                 self._check(conn, fence)
             if effect is not None:
-                conn.execute(
+                cur = conn.execute(
                     _EFFECT_UPSERT,
-                    (*effect_params(fence, effect, time.time()), effect.event_json),
+                    (
+                        *effect_params(fence, effect, time.time()),
+                        fence.run_id,
+                        fence.worker_id,
+                        fence.fence,
+                        effect.event_json,
+                    ),
                 )
+                if cur.rowcount != 1:
+                    self._check(conn, fence)  # raises LeaseLostError
             if start_child is not None and not self._insert_run(conn, start_child, time.time()):
                 # Insert the child first: a conflict must leave no waiting entry behind, or
                 # the parent would replay into a wait on a run that is not its child.
@@ -696,6 +713,29 @@ class SQLiteStore:
                     "UPDATE signals SET consumed_seq = ? WHERE id = ? AND consumed_seq IS NULL",
                     (entry.seq, consume_signal),
                 )
+
+        await self._write(op)
+
+    async def _seal_in_place(self, fence: Fence, entry: NewEntry) -> None:
+        params = (
+            entry.status,
+            entry.output_json,
+            None,
+            entry.error_json,
+            entry.finished_at,
+            entry.attempts,
+            entry.delivery,
+            fence.run_id,
+            entry.seq,
+            fence.run_id,
+            fence.worker_id,
+            fence.fence,
+        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(_SEAL_IN_PLACE, params).rowcount != 1:
+                self._check(conn, fence)  # raises LeaseLostError
+                raise StorageError(f"run {fence.run_id!r}: no entry at seq {entry.seq} to seal")
 
         await self._write(op)
 

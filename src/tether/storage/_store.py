@@ -47,7 +47,7 @@ class NewRun:
     parent_seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every durable call, and frozen costs there
 class NewEntry:
     """A journal write. ``status`` waiting records a wait; completed/failed seal the entry."""
 
@@ -64,9 +64,11 @@ class NewEntry:
     delivery: int | None = None  # completion order within the run (see JournalEntry)
     after_delivery: int | None = None  # completions handed back when the call was made
     after_seq: int | None = None  # the seq counter when the last of them resumed the run
+    # The entry's row exists (a tool call's intent): a backend may update it in place.
+    replaces: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every tool call
 class NewEffect:
     """The intent of a tool call, written with its journal entry (``append_entry``).
 
