@@ -18,7 +18,7 @@ import pydantic_core
 
 from ._errors import SerializationError
 
-__all__ = ["decode", "dumps", "encode", "loads"]
+__all__ = ["decode", "dumps", "encode", "loads", "validate"]
 
 
 def dumps(value: Any, *, what: str) -> str:
@@ -66,3 +66,18 @@ def decode(data: Any, tp: Any) -> Any:
         ) from None
     except pydantic.PydanticSchemaGenerationError:
         return data
+
+
+def validate(data: Any, tp: Any) -> None:
+    """Check that decoded JSON fits ``tp``, ``None`` included (a value given from outside,
+    such as a result a person says a call returned); raises ``SerializationError``."""
+    if tp is None or tp is Any:
+        return
+    try:
+        _adapter(tp).validate_python(data)
+    except (pydantic.ValidationError, TypeError) as exc:
+        raise SerializationError(
+            f"value does not validate as {getattr(tp, '__name__', tp)!s}: {exc}"
+        ) from None
+    except pydantic.PydanticSchemaGenerationError:
+        return

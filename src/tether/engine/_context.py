@@ -51,12 +51,12 @@ from .._records import (
     RunStatus,
     Signal,
 )
-from .._serde import decode, dumps
+from .._serde import decode, dumps, validate
 from ..storage import Fence, InDoubt, NewEffect, NewEntry, NewRun, Store
 from ._control import Abandon, Checkpoint, Suspended
 from ._order import DeliveryOrder
 from ._registry import StepDef, WorkflowDef
-from ._retry import CallTimeout, call_step
+from ._retry import CallTimeout, backoff_delay, call_step
 from ._secrets import SECRET_MARK
 from ._tools import KEY_PARAM, Done, NotDone, PreparedCall, ToolDef, idempotency_key, prepare_call
 
@@ -131,6 +131,7 @@ class Context:
         self._progress = 0
         self._blocked: dict[int, _Wait] = {}
         self._quiescent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle: asyncio.Future[None] | None = None  # see settle()
         self._checking = False
         self._refreshing = False
         # Why the run must stop for a person (nondeterminism, an effect in doubt).
@@ -191,6 +192,17 @@ class Context:
         if not self._quiescent.done():
             self._quiescent.set_result(None)  # wake the executor
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the calls in flight to finish: when the
+        run stops for a person, what its other branches' calls did is still recorded."""
+        if not self._inflight:
+            return
+        self._idle = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except TimeoutError:
+            log.warning("run %s: calls still in flight after %.0f s", self.run_id, timeout)
+
     @property
     def seq(self) -> int:
         """The seq of the last durable call made."""
@@ -219,6 +231,8 @@ class Context:
     def _end(self) -> None:
         self._inflight -= 1
         self._progress += 1
+        if not self._inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
         if self._blocked or self._order.waiting:
             self._schedule_check()
         if self._blocked and any(w.signal or w.child for w in self._blocked.values()):
@@ -614,9 +628,12 @@ class Context:
         decision: Decision,
         attempt: int,
         why: str,
+        failure: dict[str, Any] | None = None,
     ) -> Any:
         """An irreversible call that may have happened: its reconcile hook decides, else a
-        person does (the run stops as needs_attention)."""
+        person does (the run stops as needs_attention). ``failure``: how the call just
+        made ended (``OutcomeUnknown``, a timeout); if it was not made after all, it is
+        retried like ``NotAttempted``, within the tool's retries."""
         if tool.reconcile is None:
             raise self._needs_person(seq, tool, key, f"{why}, and the tool has no reconcile hook")
         self._begin()
@@ -640,6 +657,16 @@ class Context:
             effect = self._intent(seq, tool, key, decision, attempt, "reconciled", done=True)
             return await self._seal_done(seq, tool, call, answer.result, effect)
         if isinstance(answer, NotDone):
+            if failure is not None and attempt > tool.body.retries:
+                effect = self._intent(seq, tool, key, decision, attempt, "reconciled", done=False)
+                return await self._seal_tool(seq, tool, call, None, failure, effect=effect)
+            if failure is not None:
+                self._begin()
+                try:
+                    body = tool.body
+                    await asyncio.sleep(backoff_delay(attempt, body.backoff, body.backoff_max))
+                finally:
+                    self._end()
             effect = self._intent(seq, tool, key, decision, attempt + 1, "reconciled", done=False)
             return await self._make_call(seq, tool, call, key, effect)
         raise self._needs_person(
@@ -711,11 +738,14 @@ class Context:
                 attempts = getattr(exc, "tether_attempts", 1)
             finally:
                 _current.reset(token)
-            if self.closed:
-                raise Suspended()
+            if self.closed and (self.fatal is None or self.engine_exit is not None):
+                raise Suspended()  # the run is not ours any more: its next owner recovers
+            # (Stopped for a person with the run still ours: what the call did is known, so
+            # it is recorded, not left for someone to find out.)
+            unknown: dict[str, Any] | None = None
             if failure is not None and irreversible and isinstance(failure, _UNKNOWN):
-                unknown = f"{type(failure).__name__}: {failure}"
-                why = f"its call ended without an answer ({_scrub(unknown, call.secrets)})"
+                unknown = _scrub_error(failure, call.secrets)
+                why = f"its call ended without an answer ({unknown['type']}: {unknown['message']})"
             else:
                 why = ""
             if not why:
@@ -737,7 +767,9 @@ class Context:
             self._end()
         if why:
             decision = Decision(effect.decision)
-            return await self._in_doubt(seq, tool, call, key, decision, effect.attempt, why)
+            return await self._in_doubt(
+                seq, tool, call, key, decision, effect.attempt, why, failure=unknown
+            )
         await self._turn(delivery, recorded=False)
         if error is None and not call.secrets and type(value) in _JSON_SCALARS:
             return self._tool_outcome(tool, seq, EntryStatus.COMPLETED, value, None)
@@ -750,7 +782,7 @@ class Context:
         """Complete the call with a result that someone else established (the reconcile
         hook, a person): checked against the tool's return type first."""
         try:
-            decode(result, tool.body.return_type)
+            validate(result, tool.body.return_type)
             output_json = _scrub(dumps(result, what=f"result of tool {tool.name!r}"), call.secrets)
         except SerializationError as exc:
             reason = f"the result given for it does not fit the tool's return type: {exc}"

@@ -66,6 +66,8 @@ async def execute_run(
             await _stop(ctx, task)
             raise
         if task.done() or ctx.engine_exit is not None or ctx.fatal is not None:
+            if ctx.fatal is not None and ctx.engine_exit is None:
+                await ctx.settle(app.shutdown_grace)  # record what calls in flight did
             if not task.done():
                 await _stop(ctx, task)
             return await _conclude(app, store, fence, ctx, task)

@@ -53,7 +53,9 @@ class Tool(Generic[P, R]):
         self._model: type[pydantic.BaseModel] | None = None
         functools.update_wrapper(self, definition.body.fn)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+    # Typed loosely: the function's own signature includes ``idempotency_key``, which the
+    # caller must not pass (Tether does), and no ParamSpec can drop a keyword parameter.
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[R]:
         ctx = current_context(f"tool {self.name!r}")
         result: Awaitable[R] = ctx._call_tool(self.definition, args, kwargs)
         return result

@@ -131,7 +131,11 @@ def make_tool(
                 "agent or recorded by name; declare each parameter"
             )
     wants_key = KEY_PARAM in signature.parameters
-    if wants_key and not _accepts_key(fn):
+    last = list(signature.parameters)[-1] if signature.parameters else None
+    keyword_only = wants_key and signature.parameters[KEY_PARAM].kind is (
+        inspect.Parameter.KEYWORD_ONLY
+    )
+    if wants_key and not (_accepts_key(fn) and (keyword_only or last == KEY_PARAM)):
         raise RegistrationError(
             f"tool {qualified!r}: declare {KEY_PARAM} as a keyword parameter "
             f"(def {fn.__name__}(..., *, {KEY_PARAM}: str)) so Tether can pass it"

@@ -217,8 +217,11 @@ class Worker:
                 log.warning("claiming failed (%s); retrying in %.1f s", exc, backoff)
                 timeout = backoff
             self._deadline = time.time() + timeout
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the event is set, and the loop would go on.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
             self._wakeup.clear()
