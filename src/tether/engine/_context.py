@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import json
 import logging
@@ -143,13 +144,15 @@ class Context:
         self.engine_exit: BaseException | None = None
         self.closed = False
         self.draining = False
+        self.taken = False  # cancelled or lost from outside (Worker.cancel_local)
+        self.ending = False  # the run ends or stops: calls in flight finish, none starts
 
     def __repr__(self) -> str:
         return f"<Context run_id={self.run_id!r} seq={self._seq}>"
 
     # -- sequencing and replay ----------------------------------------------------------
     def _next(self, kind: str, name: str) -> tuple[int, JournalEntry | None]:
-        if self.closed:
+        if self.closed or self.ending:
             raise Suspended()
         self._seq += 1
         self._progress += 1
@@ -191,6 +194,12 @@ class Context:
         self.closed = True  # nothing more may be written by this execution
         if not self._quiescent.done():
             self._quiescent.set_result(None)  # wake the executor
+
+    @property
+    def keeps_results(self) -> bool:
+        """Whether a call that completes now is still recorded: yes unless the run was
+        taken away (lease lost, cancelled, storage failed)."""
+        return not isinstance(self.engine_exit, Abandon) and not self.taken
 
     async def settle(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for the calls in flight to finish: when the
@@ -437,7 +446,7 @@ class Context:
                 attempts = getattr(exc, "tether_attempts", 1)
             finally:
                 _current.reset(token)
-            if self.closed:
+            if self.closed and not self.keeps_results:
                 raise Suspended()
             if failure is None:
                 status, output, error_json = "completed", output_json, None
@@ -643,9 +652,7 @@ class Context:
                 kwargs[KEY_PARAM] = key
             token = _current.set(None)
             try:
-                answer = tool.reconcile(*call.args, **kwargs)
-                if inspect.isawaitable(answer):
-                    answer = await answer
+                answer = await _ask(tool, call.args, kwargs)
             except Exception as exc:
                 reason = f"{why}; its reconcile hook raised {type(exc).__name__}: {exc}"
                 raise self._needs_person(seq, tool, key, _scrub(reason, call.secrets)) from None
@@ -669,12 +676,8 @@ class Context:
                     self._end()
             effect = self._intent(seq, tool, key, decision, attempt + 1, "reconciled", done=False)
             return await self._make_call(seq, tool, call, key, effect)
-        raise self._needs_person(
-            seq,
-            tool,
-            key,
-            f"{why}; its reconcile hook returned {answer!r}: return Done(result) or NotDone()",
-        )
+        reason = f"{why}; its reconcile hook returned {answer!r}: return Done(result) or NotDone()"
+        raise self._needs_person(seq, tool, key, _scrub(reason, call.secrets))
 
     def _needs_person(self, seq: int, tool: ToolDef, key: str, reason: str) -> BaseException:
         """Stop the run for a person, marking the effect in doubt; the caller raises it."""
@@ -727,9 +730,14 @@ class Context:
             token = _current.set(None)  # a tool body is not a workflow: no nested calls
             try:
                 value, attempts = await call_step(
-                    tool.body, call.args, kwargs, _retry_irreversible if irreversible else None
+                    tool.body,
+                    call.args,
+                    kwargs,
+                    _retry_irreversible if irreversible else None,
+                    finish_threads=irreversible,
+                    scrub=functools.partial(_scrub, secrets=call.secrets),
                 )
-                output_json = _scrub(
+                output_json = _scrub_json(
                     dumps(value, what=f"return value of tool {tool.name!r}"), call.secrets
                 )
                 failure: BaseException | None = None
@@ -738,10 +746,10 @@ class Context:
                 attempts = getattr(exc, "tether_attempts", 1)
             finally:
                 _current.reset(token)
-            if self.closed and (self.fatal is None or self.engine_exit is not None):
+            if self.closed and not self.keeps_results:
                 raise Suspended()  # the run is not ours any more: its next owner recovers
-            # (Stopped for a person with the run still ours: what the call did is known, so
-            # it is recorded, not left for someone to find out.)
+            # (Stopping with the run still ours, for a person or a shutdown: what the call
+            # did is known, so it is recorded, not left for someone to find out.)
             unknown: dict[str, Any] | None = None
             if failure is not None and irreversible and isinstance(failure, _UNKNOWN):
                 unknown = _scrub_error(failure, call.secrets)
@@ -783,9 +791,12 @@ class Context:
         hook, a person): checked against the tool's return type first."""
         try:
             validate(result, tool.body.return_type)
-            output_json = _scrub(dumps(result, what=f"result of tool {tool.name!r}"), call.secrets)
+            output_json = _scrub_json(
+                dumps(result, what=f"result of tool {tool.name!r}"), call.secrets
+            )
         except SerializationError as exc:
             reason = f"the result given for it does not fit the tool's return type: {exc}"
+            reason = _scrub(reason, call.secrets)
             raise self._needs_person(seq, tool, effect.idempotency_key, reason) from None
         return await self._seal_tool(seq, tool, call, json.loads(output_json), None, effect=effect)
 
@@ -1063,6 +1074,24 @@ def approval_signal(seq: int) -> str:
     return f"tether:approval:{seq}"
 
 
+async def _ask(tool: ToolDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call the reconcile hook: a sync one on the thread pool (it looks something up),
+    within the tool's timeout."""
+    hook = tool.reconcile
+    assert hook is not None
+    if inspect.iscoroutinefunction(hook):
+        answer = hook(*args, **kwargs)
+    else:
+        loop = asyncio.get_running_loop()
+        answer = loop.run_in_executor(None, functools.partial(hook, *args, **kwargs))
+    if tool.body.timeout is not None:
+        answer = asyncio.wait_for(answer, tool.body.timeout)
+    result = await answer
+    if inspect.isawaitable(result):  # a sync function that returned an awaitable
+        result = await result
+    return result
+
+
 def _retry_irreversible(exc: Exception) -> bool:
     return isinstance(exc, NotAttempted)
 
@@ -1078,14 +1107,39 @@ def _is_hash(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and SECRET_MARK in value
 
 
+# Shorter secrets are replaced only where a whole value equals them: replacing two or
+# three characters wherever they occur would garble everything else.
+_SCRUB_MIN = 4
+
+
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """Remove secret values from text bound for storage (a tool that echoes its token)."""
+    """Remove secret values from plain text bound for storage or logs (a message)."""
     for secret in secrets:
-        text = text.replace(secret, "[secret]")
-        escaped = json.dumps(secret)[1:-1]
-        if escaped != secret:
-            text = text.replace(escaped, "[secret]")
+        if len(secret) >= _SCRUB_MIN:
+            text = text.replace(secret, "[secret]")
     return text
+
+
+def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """Remove secret values from decoded JSON (a tool that echoes its token): a leaf equal
+    to a secret becomes "[secret]", and a secret inside a string is cut out of it."""
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v, secrets) for v in value]
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        if text in secrets:
+            return "[secret]"
+        if isinstance(value, str):
+            return _scrub(value, secrets)
+    return value
+
+
+def _scrub_json(text: str, secrets: tuple[str, ...]) -> str:
+    if not secrets:
+        return text
+    return json.dumps(_scrub_value(json.loads(text), secrets), ensure_ascii=False)
 
 
 def _scrub_error(exc: BaseException, secrets: tuple[str, ...]) -> dict[str, Any]:

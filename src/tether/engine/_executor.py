@@ -66,8 +66,12 @@ async def execute_run(
             await _stop(ctx, task)
             raise
         if task.done() or ctx.engine_exit is not None or ctx.fatal is not None:
-            if ctx.fatal is not None and ctx.engine_exit is None:
-                await ctx.settle(app.shutdown_grace)  # record what calls in flight did
+            if ctx.keeps_results:
+                # The run ends or stops here, but calls of other branches may be in flight:
+                # no new call starts, and what those do is recorded before the run is
+                # finished or handed back (a known result is never left for a person).
+                ctx.ending = True
+                await ctx.settle(app.shutdown_grace)
             if not task.done():
                 await _stop(ctx, task)
             return await _conclude(app, store, fence, ctx, task)

@@ -69,7 +69,7 @@ class PreparedCall:
     kwargs: dict[str, Any]
     record: dict[str, Any]  # parameter name -> value, secrets replaced by their hashes
     input_json: str
-    secrets: tuple[str, ...]  # secret values as text, scrubbed from results and errors
+    secrets: tuple[str, ...]  # secret values as text, longest first (see _context._scrub)
 
 
 def idempotency_key(run_id: str, seq: int) -> str:
@@ -201,16 +201,31 @@ def prepare_call(
         input_json = dumps(arguments, what=f"arguments of tool {tool.name!r}")
         return PreparedCall(args, kwargs, arguments, input_json, ())
     record: dict[str, Any] = {}
-    secrets: list[str] = []
+    secrets: set[str] = set()
     for name, value in arguments.items():
         if name in tool.secret_params:
             record[name] = hasher.hash(value)
-            if isinstance(value, str) and len(value) >= 4:
-                secrets.append(value)
+            _secret_texts(value, secrets)
         else:
             record[name] = value
     input_json = dumps(record, what=f"arguments of tool {tool.name!r}")
-    return PreparedCall(args, dict(kwargs), record, input_json, tuple(secrets))
+    ordered = tuple(sorted(secrets, key=len, reverse=True))  # a longer one may contain another
+    return PreparedCall(args, dict(kwargs), record, input_json, ordered)
+
+
+def _secret_texts(value: Any, found: set[str]) -> None:
+    """The texts a secret argument may show up as in a result or a message: the value
+    itself (as text, for a number), or each of its leaves for a container."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _secret_texts(item, found)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _secret_texts(item, found)
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        if text:
+            found.add(text)
 
 
 def tool_model(tool: ToolDef) -> type[pydantic.BaseModel]:

@@ -119,6 +119,7 @@ class Worker:
         ctx = self.contexts.get(run_id)
         if ctx is not None:
             ctx.closed = True
+            ctx.taken = True
         task = self.active.get(run_id)
         if task is not None:
             task.cancel()
