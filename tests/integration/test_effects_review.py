@@ -222,3 +222,47 @@ async def test_a_call_in_flight_when_the_workflow_fails_is_still_recorded(db_url
     assert run.status is RunStatus.FAILED
     assert sent == ["ada"]
     assert effects[1].state is EffectState.COMPLETED and effects[1].result == "sent to ada"
+
+
+async def test_shutdown_waits_for_an_irreversible_thread_in_a_gathered_branch(
+    db_url: str,
+) -> None:
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def build(grace: float) -> App:
+        app = App(db_url, poll_interval=POLL, shutdown_grace=grace)
+
+        def find_sent(to: str, *, idempotency_key: str) -> Done | NotDone:
+            with lock:
+                return Done(f"to {to}") if idempotency_key in sent else NotDone()
+
+        @app.tool(effect=Effect.IRREVERSIBLE, reconcile=find_sent)
+        def send(to: str, *, idempotency_key: str) -> str:
+            time.sleep(0.6 if to == "slow" else 0.0)
+            with lock:
+                sent.append(idempotency_key)
+            return f"to {to}"
+
+        @app.workflow
+        async def flow(ctx: Context) -> list[str]:
+            async def later() -> str:
+                await ctx.sleep(0.05)
+                return await send("fast")
+
+            return list(await asyncio.gather(send("slow"), later()))
+
+        return app
+
+    first = build(grace=0.05)
+    await first.open()
+    await first.start("flow", run_id="r1")
+    deadline = time.monotonic() + 5
+    while not await first.list_effects("r1"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await first.close()
+    second = build(grace=5)
+    async with second:
+        assert await second.handle("r1").result(timeout=10) == ["to slow", "to fast"]
+    assert len(sent) == len(set(sent)) == 2  # each call made once

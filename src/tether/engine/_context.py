@@ -236,6 +236,11 @@ class Context:
         if self.draining:
             raise self._exit(Checkpoint())
         self._inflight += 1
+        # The task that makes the call (an asyncio.gather child, say, which took its seq
+        # in the workflow's own task): the executor waits for it before the run is over.
+        task = asyncio.current_task()
+        if task is not self._last_task and task is not None:
+            self._tasks.add(task)
 
     def _end(self) -> None:
         self._inflight -= 1

@@ -71,23 +71,48 @@ async def execute_run(
                 # no new call starts, and what those do is recorded before the run is
                 # finished or handed back (a known result is never left for a person).
                 ctx.ending = True
-                await ctx.settle(app.shutdown_grace)
+                try:
+                    await ctx.settle(app.shutdown_grace)
+                except asyncio.CancelledError:  # the worker gave up waiting (shutdown)
+                    await _stop(ctx, task)  # the workflow's branches end before the run does
+                    raise
             if not task.done():
                 await _stop(ctx, task)
             return await _conclude(app, store, fence, ctx, task)
         # Every branch is blocked on a durable wait: park the run.
         return await _suspend(store, fence, ctx, task)
     finally:
-        # Branches the workflow spawned and left behind must not outlive the run.
+        # Branches the workflow spawned and left behind must not outlive the run: they
+        # are cancelled and waited for (a branch in an irreversible call waits for its
+        # thread), so the run is never handed on while one of its calls may still act.
         ctx.closed = True
-        for orphan in list(ctx._tasks):
-            if not orphan.done():
-                orphan.cancel()
+        orphans = [t for t in ctx._tasks if not t.done()]
+        for orphan in orphans:
+            orphan.cancel()
+        if orphans:
+            await _reap(orphans)
         if contexts.get(fence.run_id) is ctx:
             del contexts[fence.run_id]
         parent = contexts.get(state.run.parent_run_id or "")
         if parent is not None:  # the parent runs here: let it see this child's end now
             parent.refresh_soon()
+
+
+async def _reap(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for cancelled tasks to end, even if this task is cancelled meanwhile (and then
+    re-raise that cancellation)."""
+    cancelled = False
+    pending = set(tasks)
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the run is over, so nobody else will
+    if cancelled:
+        raise asyncio.CancelledError()
 
 
 async def _stop(ctx: Context, task: asyncio.Task[Any]) -> None:
