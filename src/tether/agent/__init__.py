@@ -1,0 +1,23 @@
+"""Agent layer: model calls as journal entries, the tool loop, budgets, model adapters.
+
+This is the start of it: the provider-neutral message types every adapter speaks, the
+``Model`` protocol, and ``ScriptedModel`` (deterministic, no network, no keys).
+"""
+
+from __future__ import annotations
+
+from ._messages import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from ._model import Model
+from ._scripted import ScriptedModel, ScriptExhaustedError
+
+__all__ = [
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ScriptExhaustedError",
+    "ScriptedModel",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+]
