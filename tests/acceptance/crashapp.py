@@ -40,6 +40,7 @@ from tether import (
     RunFailedError,
     RunNotFoundError,
 )
+from tether.agent import Agent, ModelRequest, ScriptedModel, ToolCall
 from tether.storage import _procs as procs
 from tether.storage._postgres import PostgresStore
 from tether.storage._sqlite import SQLiteStore
@@ -270,6 +271,29 @@ def build_app(db_url: str, *, lease_seconds: float = 30.0, **options: Any) -> Ap
         "reconciled": pay_checked,
         "approved": refund,
     }
+
+    def model_turn(answer: Any) -> Any:
+        def turn(request: ModelRequest) -> Any:
+            record_effect("model")  # one line per real model call, across processes
+            return answer
+
+        return turn
+
+    # The model asks for a payment, then answers; the kill lands between the two.
+    agent: Agent[str] = Agent(
+        ScriptedModel(
+            [
+                model_turn(ToolCall(id="c1", name="pay", arguments={"label": "t-agent", "x": 1})),
+                model_turn("paid"),
+            ]
+        ),
+        [pay],
+    )
+
+    @app.workflow
+    async def agentic(ctx: Context) -> dict[str, Any]:
+        result = await agent.run(ctx, "pay it")
+        return {"output": result.output, "turns": result.turns}
 
     @app.workflow
     async def effectful(ctx: Context, kind: str) -> dict[str, Any]:

@@ -261,3 +261,33 @@ def test_approval_recorded_while_no_worker_runs(tmp_path: Path, db_url: str) -> 
         second = _recover(tmp_path, db_url, effects, spawned)
         assert second.event("result")["result"]["tool"] == f"t-approved:{ARG}"
     assert len(_tool_lines(effects, "approved")) == 1
+
+
+def test_an_agent_killed_between_a_model_call_and_its_tool_call_does_not_ask_again(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The model chose a payment; the worker dies before the payment's intent commits. The
+    next worker replays the model's answer from the journal (the model is not called
+    again) and makes the payment once."""
+    effects = tmp_path / "effects.jsonl"
+    with children() as spawned:
+        first = spawn(
+            tmp_path, db_url,
+            "--start", "agentic", RUN, "[]",
+            "--wait", RUN,
+            "--effects", str(effects),
+            "--kill", "t-agent:intent",
+        )  # fmt: skip
+        spawned.append(first)
+        assert first.wait(60) == -signal.SIGKILL, first.describe()
+        assert [e["step"] for e in read_effects(effects)] == ["model"]
+        before = snapshot(db_url, RUN)
+        assert [(e.kind, e.status.value) for e in before.entries] == [("model", "completed")]
+
+        second = _recover(tmp_path, db_url, effects, spawned)
+        assert second.event("result")["result"] == {"output": "paid", "turns": 2}
+
+    lines = [e["step"] for e in read_effects(effects)]
+    assert lines == ["model", "t-agent", "model"]  # two model calls in all, one payment
+    after = snapshot(db_url, RUN)
+    assert [e.kind for e in after.entries] == ["model", "tool", "model"]

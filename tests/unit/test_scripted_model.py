@@ -24,20 +24,26 @@ def request(*messages: Message) -> ModelRequest:
     return ModelRequest(messages=messages or (Message.user("hi"),))
 
 
-async def test_answers_in_script_order_and_counts_calls() -> None:
+async def test_the_conversation_position_picks_the_turn_and_calls_are_counted() -> None:
     lookup = ToolCall(id="c1", name="lookup", arguments={"customer": "ada"})
     model = ScriptedModel(["first", lookup, [lookup, lookup], "done"], price_per_token=0.001)
     assert isinstance(model, Model)
-    text = await model.request(request())
-    assert text.message == Message.assistant("first") and text.stop_reason == "end_turn"
-    one = await model.request(request())
-    assert one.message.tool_calls == (lookup,) and one.stop_reason == "tool_calls"
-    two = await model.request(request())
-    assert two.message.tool_calls == (lookup, lookup)
-    assert (await model.request(request())).message.content == "done"
+    conversation: list[Message] = [Message.user("hi")]
+    answers = []
+    for _ in range(4):
+        answer = await model.request(ModelRequest(messages=tuple(conversation)))
+        answers.append(answer)
+        conversation.append(answer.message)
+    assert answers[0].message == Message.assistant("first")
+    assert answers[0].stop_reason == "end_turn"
+    assert answers[1].message.tool_calls == (lookup,) and answers[1].stop_reason == "tool_calls"
+    assert answers[2].message.tool_calls == (lookup, lookup)
+    assert answers[3].message.content == "done"
     assert model.calls == 4 and len(model.requests) == 4
+    # Another conversation (another run, another process) starts from the first turn.
+    assert (await model.request(request())).message.content == "first"
     with pytest.raises(ScriptExhaustedError, match="has 4 turns and was asked for turn 5"):
-        await model.request(request())
+        await model.request(ModelRequest(messages=tuple(conversation)))
 
 
 async def test_a_turn_can_depend_on_the_request() -> None:
@@ -51,7 +57,8 @@ async def test_a_turn_can_depend_on_the_request() -> None:
     conversation = (Message.user("go"), Message.tool("c1", "42"))
     answer = await model.request(ModelRequest(messages=conversation))
     assert answer.message.content == "the tool said 42"
-    assert (await model.request(request())).message.tool_calls[0].name == "again"
+    second = ModelRequest(messages=(*conversation, answer.message))
+    assert (await model.request(second)).message.tool_calls[0].name == "again"
 
 
 async def test_usage_is_deterministic_and_priced() -> None:

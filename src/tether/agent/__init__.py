@@ -6,11 +6,15 @@ This is the start of it: the provider-neutral message types every adapter speaks
 
 from __future__ import annotations
 
+from ._agent import Agent, AgentResult, MaxTurnsError
 from ._messages import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from ._model import Model
 from ._scripted import ScriptedModel, ScriptExhaustedError
 
 __all__ = [
+    "Agent",
+    "AgentResult",
+    "MaxTurnsError",
     "Message",
     "Model",
     "ModelRequest",

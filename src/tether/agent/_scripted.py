@@ -1,10 +1,13 @@
 """``ScriptedModel``: a deterministic model for tests and demos (no network, no keys).
 
-A script is a list of turns, answered in order, one per request: a string (a final text
-answer), a ``ToolCall`` or a list of them (the model asks for those calls), a full
-``ModelResponse``, or a function of the request that returns any of these (to answer
-according to what the model was told, e.g. a tool's result). The model counts its calls,
-so a test can prove that a replay did not call it again.
+A script is a list of turns: a string (a final text answer), a ``ToolCall`` or a list of
+them (the model asks for those calls), a full ``ModelResponse``, or a function of the
+request that returns any of these (to answer according to what the model was told, e.g. a
+tool's result). Which turn answers a request is the number of assistant messages already in
+its conversation: the first request of a conversation gets turn 1, whatever process asks
+and however many other runs use the same model, as a real model would answer the same
+conversation. The model counts the calls it answers, so a test can prove that a replay did
+not call it again.
 """
 
 from __future__ import annotations
@@ -45,15 +48,16 @@ class ScriptedModel:
         self.requests: list[ModelRequest] = []
 
     def __repr__(self) -> str:
-        return f"<ScriptedModel {self.name!r} turn {self.calls}/{len(self.script)}>"
+        return f"<ScriptedModel {self.name!r}: {len(self.script)} turns, {self.calls} calls>"
 
     async def request(self, request: ModelRequest) -> ModelResponse:
-        if self.calls >= len(self.script):
+        index = sum(1 for message in request.messages if message.role == "assistant")
+        if index >= len(self.script):
             raise ScriptExhaustedError(
                 f"ScriptedModel {self.name!r} has {len(self.script)} turns and was asked for "
-                f"turn {self.calls + 1}; add turns to its script"
+                f"turn {index + 1}; add turns to its script"
             )
-        turn = self.script[self.calls]
+        turn = self.script[index]
         self.calls += 1
         self.requests.append(request)
         answer: Any = turn(request) if callable(turn) else turn
@@ -76,7 +80,7 @@ class ScriptedModel:
             message, stop = Message.assistant(None, *answer), "tool_calls"
         else:
             raise TypeError(
-                f"ScriptedModel {self.name!r} turn {self.calls}: a turn is a str, a ToolCall, "
+                f"ScriptedModel {self.name!r}: a turn is a str, a ToolCall, "
                 f"a list of ToolCalls or a ModelResponse, not {type(answer).__name__}"
             )
         return ModelResponse(

@@ -398,9 +398,13 @@ class Context:
             self._refreshing = False
 
     # -- steps --------------------------------------------------------------------------
-    def _call_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        seq, entry = self._next("step", step.name)
-        return self._step(seq, entry, step, args, kwargs)
+    def _call_step(
+        self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], kind: str = "step"
+    ) -> Any:
+        """A step; or, with another ``kind``, any call recorded once and replayed like one
+        (the agent layer records model calls as kind ``model``)."""
+        seq, entry = self._next(kind, step.name)
+        return self._step(seq, entry, step, args, kwargs, kind)
 
     async def _step(
         self,
@@ -409,6 +413,7 @@ class Context:
         step: StepDef,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        kind: str = "step",
     ) -> Any:
         input_json = dumps(
             {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
@@ -425,7 +430,7 @@ class Context:
                     "workflow code changed under a running run",
                     seq=seq,
                     recorded={"kind": entry.kind, "name": entry.name, "input": entry.input},
-                    expected={"kind": "step", "name": step.name, "input": called_with},
+                    expected={"kind": kind, "name": step.name, "input": called_with},
                 )
         if entry is not None and entry.status is not _WAITING:
             await self._turn(entry.delivery, recorded=True)
@@ -461,7 +466,7 @@ class Context:
             try:
                 await self._write(
                     self._entry(
-                        seq, "step", step.name, status, input_json, output,
+                        seq, kind, step.name, status, input_json, output,
                         error_json, started, time.time(), attempts, delivery=delivery,
                     )
                 )  # fmt: skip
