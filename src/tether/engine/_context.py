@@ -527,17 +527,8 @@ class Context:
                 effect = self._intent(seq, tool, key, decision, 1, "intent")
                 return await self._make_call(seq, tool, call, key, effect)
             effect = self._intent(seq, tool, key, decision, 0, "approval_requested")
-            self._begin()
-            try:
-                await self._write(
-                    self._entry(
-                        seq, "tool", tool.name, "waiting", call.input_json, None, None,
-                        time.time(), None, 1, delivery=None,
-                    ),
-                    effect=effect,
-                )  # fmt: skip
-            finally:
-                self._end()
+            arguments = json.loads(call.input_json)
+            await self._record(seq, "tool", tool.name, "waiting", arguments, None, effect=effect)
             return await self._await_approval(seq, tool, call, key, decision, 0)
         if entry.status is EntryStatus.WAITING:
             decision = record.decision if record is not None else Decision.APPROVE
@@ -823,27 +814,10 @@ class Context:
     ) -> Any:
         """Complete the call without making it (denied, rejected, aborted, found done)."""
         status = "completed" if error is None else "failed"
-        self._begin()
-        delivery = None
-        try:
-            now = time.time()
-            delivery = self._order.next_live()
-            await self._write(
-                self._entry(
-                    seq, "tool", tool.name, status, call.input_json,
-                    None if error is not None else json.dumps(output),
-                    None if error is None else json.dumps(error),
-                    now, now, 0, delivery=delivery,
-                ),
-                effect=effect,
-                consume_signal=consume_signal,
-            )  # fmt: skip
-        except BaseException:
-            self._order.give_up(delivery)
-            raise
-        finally:
-            self._end()
-        await self._turn(delivery, recorded=False)
+        await self._record(
+            seq, "tool", tool.name, status, json.loads(call.input_json), output, error,
+            consume_signal=consume_signal, effect=effect, attempts=0,
+        )  # fmt: skip
         return self._tool_outcome(tool, seq, EntryStatus(status), output, error)
 
     def _tool_outcome(
@@ -982,9 +956,11 @@ class Context:
         *,
         start_child: NewRun | None = None,
         consume_signal: int | None = None,
+        effect: NewEffect | None = None,
+        attempts: int = 1,
     ) -> None:
-        """Write an entry; a sealed one (completed/failed) is a delivery and resumes the
-        caller in delivery order."""
+        """Write an entry (with its effect-log record, for a tool); a sealed one
+        (completed/failed) is a delivery and resumes the caller in delivery order."""
         sealed = status != "waiting"
         self._begin()
         delivery = None
@@ -997,10 +973,11 @@ class Context:
                     None if input is None else json.dumps(input),
                     None if output is None else json.dumps(output),
                     None if error is None else json.dumps(error),
-                    now, now if sealed else None, 1, delivery=delivery,
+                    now, now if sealed else None, attempts, delivery=delivery,
                 ),
                 start_child=start_child,
                 consume_signal=consume_signal,
+                effect=effect,
             )  # fmt: skip
         except BaseException:
             self._order.give_up(delivery)
