@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -106,6 +107,13 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 @pytest.fixture
 def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """``tether worker cliapp:app`` from this directory, ready to claim runs."""
+    with worker_process(env) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``tether worker cliapp:app`` as a fresh process, until the block ends."""
     with subprocess.Popen(
         [str(TETHER), "worker", "cliapp:app"],
         cwd=HERE,

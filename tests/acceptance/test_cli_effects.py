@@ -14,16 +14,21 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cliapp
 import pytest
 from cliapp import build_app
-from test_cli import HERE, TETHER, assert_one_line_error, get_run, read_line, tether, with_app
+from test_cli import (
+    HERE,
+    assert_one_line_error,
+    get_run,
+    tether,
+    with_app,
+    worker_process,
+)
 
 from tether import App, EffectRecord, RunStatus
 from tether.interfaces._views import effect_view, run_summary
@@ -114,28 +119,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 def one_line(text: str) -> str:
     """Rich wraps long lines for the terminal width; join them back."""
     return " ".join(text.split())
-
-
-@contextmanager
-def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """``tether worker cliapp:app`` (a fresh process: the mail server works there)."""
-    with subprocess.Popen(
-        [str(TETHER), "worker", "cliapp:app"],
-        cwd=HERE,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            line = read_line(proc, 30)
-            assert " started: cliapp:app on " in line, line
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
 
 
 def wait_for(url: str, run_id: str, status: RunStatus, timeout: float = 30) -> Any:

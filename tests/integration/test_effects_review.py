@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from test_effects import eventually, wait_status
 
 from tether import App, Context, Done, Effect, EffectState, NotDone, RunStatus
 
@@ -102,10 +103,7 @@ async def test_shutdown_waits_for_an_irreversible_thread_before_handing_the_run_
     first = build(grace=0.05)
     await first.open()
     await first.start("flow", run_id="r1")
-    deadline = time.monotonic() + 5
-    while not await first.list_effects("r1"):  # the call is in flight
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await eventually(lambda: first.list_effects("r1"))  # the call is in flight
     await first.close()  # grace over before the body ends: the run is cancelled, handed back
     assert len(sent) == 1  # ...but only once the body's thread had ended
     second = build(grace=5)
@@ -159,12 +157,7 @@ async def test_reasons_do_not_show_secrets(db_url: str) -> None:
 
     async with app:
         await app.start(flow, run_id="r1")
-        run = await app.get_run("r1")
-        deadline = time.monotonic() + 10
-        while run.status is not RunStatus.NEEDS_ATTENTION:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(POLL)
-            run = await app.get_run("r1")
+        run = await wait_status(app, "r1", RunStatus.NEEDS_ATTENTION, timeout=10)
         [effect] = await app.list_effects("r1")
     assert run.error is not None and "Bearer [secret]" in run.error["reason"]
     assert "sk-live-SECRET456" not in str(run.error) + str(effect.history)
@@ -212,12 +205,9 @@ async def test_a_call_in_flight_when_the_workflow_fails_is_still_recorded(db_url
 
     async with app:
         await app.start(flow, run_id="r1")
-        run = await app.get_run("r1")
-        deadline = time.monotonic() + 10
-        while not run.status.is_terminal:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(POLL)
-            run = await app.get_run("r1")
+        run = await wait_status(
+            app, "r1", RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, timeout=10
+        )
         effects = {e.seq: e for e in await app.list_effects("r1")}
     assert run.status is RunStatus.FAILED
     assert sent == ["ada"]
@@ -257,10 +247,7 @@ async def test_shutdown_waits_for_an_irreversible_thread_in_a_gathered_branch(
     first = build(grace=0.05)
     await first.open()
     await first.start("flow", run_id="r1")
-    deadline = time.monotonic() + 5
-    while not await first.list_effects("r1"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await eventually(lambda: first.list_effects("r1"))
     await first.close()
     second = build(grace=5)
     async with second:
