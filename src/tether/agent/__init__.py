@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from ._agent import Agent, AgentResult, MaxTurnsError
 from ._messages import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
-from ._model import Model
+from ._model import (
+    Model,
+    ModelAuthError,
+    ModelError,
+    ModelRequestError,
+    ModelUnavailableError,
+)
 from ._scripted import ScriptedModel, ScriptExhaustedError
 
 __all__ = [
@@ -17,6 +23,10 @@ __all__ = [
     "MaxTurnsError",
     "Message",
     "Model",
+    "ModelAuthError",
+    "ModelError",
+    "ModelRequestError",
+    "ModelUnavailableError",
     "ModelRequest",
     "ModelResponse",
     "ScriptExhaustedError",
