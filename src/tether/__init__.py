@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._errors import (
     ApprovalRejectedError,
+    BudgetExceededError,
     ChildRunFailedError,
     ConfigurationError,
     DatabaseNotFoundError,
@@ -21,6 +22,7 @@ from ._errors import (
     RunIdConflictError,
     RunNeedsAttentionError,
     RunNotFoundError,
+    RunStateError,
     SerializationError,
     SignalTimeoutError,
     StepFailedError,
@@ -40,13 +42,18 @@ from ._records import (
     Run,
     RunStatus,
 )
+from .agent import Agent, AgentResult, Budget
 from .engine import App, Context, Done, NotDone, RunHandle, Step, Tool, Workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
+    "AgentResult",
     "App",
     "ApprovalRejectedError",
+    "Budget",
+    "BudgetExceededError",
     "ChildRunFailedError",
     "ConfigurationError",
     "Context",
@@ -75,6 +82,7 @@ __all__ = [
     "RunIdConflictError",
     "RunNeedsAttentionError",
     "RunNotFoundError",
+    "RunStateError",
     "RunStatus",
     "SerializationError",
     "SignalTimeoutError",

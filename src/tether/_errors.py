@@ -22,6 +22,8 @@ Every error derives from one root and carries a stable ``code`` that the CLI and
     │       └── EffectAbortedError    a person aborted an in-doubt call
     ├── EffectInDoubtError            an irreversible call may or may not have happened
     ├── EffectStateError              resolve/approve asked of an effect not in that state
+    ├── RunStateError                 a command asked of a run not in a state that allows it
+    ├── BudgetExceededError           an agent reached its token or cost budget
     ├── ChildRunFailedError           a child run failed or was cancelled
     ├── SignalTimeoutError            ``ctx.wait_signal`` timed out (also a TimeoutError)
     └── RunFailedError                ``handle.result()`` of a run that did not succeed
@@ -43,6 +45,7 @@ from typing import Any
 
 __all__ = [
     "ApprovalRejectedError",
+    "BudgetExceededError",
     "ChildRunFailedError",
     "ConfigurationError",
     "DatabaseNotFoundError",
@@ -60,6 +63,7 @@ __all__ = [
     "RunIdConflictError",
     "RunNeedsAttentionError",
     "RunNotFoundError",
+    "RunStateError",
     "SerializationError",
     "SignalTimeoutError",
     "StepFailedError",
@@ -203,6 +207,20 @@ class EffectStateError(TetherError):
     """The effect is not in a state that allows this (resolve, approve)."""
 
     code = "effect_state"
+
+
+class RunStateError(TetherError):
+    """The run is not in a state that allows this command (raise a budget of a run that
+    is not stopped on one, say)."""
+
+    code = "run_state"
+
+
+class BudgetExceededError(TetherError):
+    """An agent reached its budget: the run stops for a person, with what was spent, until
+    the budget is raised (``tether budget RUN_ID --tokens N``)."""
+
+    code = "budget_exceeded"
 
 
 class NotAttempted(Exception):

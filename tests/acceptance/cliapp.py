@@ -16,13 +16,16 @@ import asyncio
 from typing import Any
 
 from tether import (
+    Agent,
     App,
     ApprovalRejectedError,
+    Budget,
     Context,
     Decision,
     Effect,
     OutcomeUnknown,
 )
+from tether.agent import ScriptedModel, ToolCall
 
 mail_outage = False
 
@@ -82,6 +85,21 @@ def build_app(database_url: str | None = None) -> App:
     @app.workflow
     async def pay_twice(ctx: Context, amount: int) -> list[dict[str, Any]]:
         return list(await asyncio.gather(wire_money(amount), wire_money(amount + 1)))
+
+    # An agent on a budget of one token: it stops for a person after its first turn.
+    model = ScriptedModel(
+        [
+            ToolCall(id="c1", name="lookup", arguments={"customer": "ada"}),
+            ToolCall(id="c2", name="lookup", arguments={"customer": "bob"}),
+            "ada and bob are both customers",
+        ],
+        price_per_token=0.00001,
+    )
+    agent: Agent[str] = Agent(model, [lookup], "You look customers up.", budget=Budget(tokens=1))
+
+    @app.workflow
+    async def frugal(ctx: Context, prompt: str) -> str:
+        return (await agent.run(ctx, prompt)).output
 
     return app
 

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .._errors import (
+    BudgetExceededError,
     ConfigurationError,
     EffectStateError,
     RegistrationError,
@@ -20,13 +21,14 @@ from .._errors import (
     RunFailedError,
     RunNeedsAttentionError,
     RunNotFoundError,
+    RunStateError,
     TetherError,
     UnknownWorkflowError,
 )
 from .._records import Decision, Effect, EffectRecord, JournalEntry, Run, RunStatus
 from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
-from ._context import approval_signal
+from ._context import BUDGET_SIGNAL, approval_signal
 from ._functions import Step, Tool, Workflow
 from ._registry import WorkflowDef, make_step, make_workflow
 from ._secrets import SecretHasher
@@ -507,6 +509,64 @@ class App:
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         await self.get_run(run_id)
         return await self._store.list_entries(run_id)
+
+    async def blobs(self, hashes: list[str]) -> dict[str, str]:
+        """Stored content-addressed texts by hash (a model call's messages, large values)."""
+        store = await self._ensure_open()
+        return await store.get_blobs(list(hashes))
+
+    async def raise_budget(
+        self,
+        run_id: str,
+        *,
+        tokens: int | None = None,
+        cost_usd: float | None = None,
+        by: str | None = None,
+    ) -> Run:
+        """Raise the budget of a run stopped on one (``BudgetExceededError``) and hand it
+        back to the workers: it resumes where it stopped. ``tokens`` and ``cost_usd`` are
+        the new limits for the whole agent run (not increments); one left out stays as
+        it was."""
+        if tokens is None and cost_usd is None:
+            raise TetherError("raise the budget by giving tokens, cost_usd or both")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
+            raise TetherError(f"tokens must be a whole number, not {tokens!r}")
+        if cost_usd is not None and (
+            isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float)
+        ):
+            raise TetherError(f"cost_usd must be a number, not {cost_usd!r}")
+        run = await self.get_run(run_id)
+        error = run.error if run.status is RunStatus.NEEDS_ATTENTION else None
+        if not isinstance(error, dict) or error.get("code") != BudgetExceededError.code:
+            raise RunStateError(
+                f"run {run_id!r} is not stopped on a budget (it is {run.status.value})",
+                run_id=run_id,
+            )
+        spent, limits = error.get("spent") or {}, dict(error.get("budget") or {})
+        if tokens is not None:
+            if tokens <= spent.get("tokens", 0):
+                raise TetherError(
+                    f"tokens {tokens} does not raise the budget: the run has spent "
+                    f"{spent.get('tokens', 0)} tokens; give more than that"
+                )
+            limits["tokens"] = tokens
+        if cost_usd is not None:
+            if cost_usd <= spent.get("cost_usd", 0.0):
+                raise TetherError(
+                    f"cost_usd {cost_usd} does not raise the budget: the run has spent "
+                    f"${spent.get('cost_usd', 0.0):.4f}; give more than that"
+                )
+            limits["cost_usd"] = float(cost_usd)
+        value = limits | {"by": by or _whoami(), "at": time.time()}
+        store = await self._ensure_open()
+        run = await store.hand_back(
+            run_id,
+            code=BudgetExceededError.code,
+            signal_name=BUDGET_SIGNAL,
+            value_json=dumps(value, what="the budget"),
+        )
+        self._wake_worker()
+        return run
 
     async def signal(self, run_id: str, name: str, value: Any = None) -> None:
         """Deliver ``value`` to the run's mailbox under ``name``; a run waiting on it wakes."""

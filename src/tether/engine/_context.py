@@ -19,7 +19,7 @@ import random as _random
 import time
 import uuid as _uuid
 import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -399,12 +399,18 @@ class Context:
 
     # -- steps --------------------------------------------------------------------------
     def _call_step(
-        self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], kind: str = "step"
+        self,
+        step: StepDef,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kind: str = "step",
+        blobs: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         """A step; or, with another ``kind``, any call recorded once and replayed like one
-        (the agent layer records model calls as kind ``model``)."""
+        (the agent layer records model calls as kind ``model``). ``blobs``: content
+        addressed (hash, text) values the call's input refers to, stored with its entry."""
         seq, entry = self._next(kind, step.name)
-        return self._step(seq, entry, step, args, kwargs, kind)
+        return self._step(seq, entry, step, args, kwargs, kind, blobs)
 
     async def _step(
         self,
@@ -414,6 +420,7 @@ class Context:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         kind: str = "step",
+        blobs: tuple[tuple[str, str], ...] = (),
     ) -> Any:
         input_json = dumps(
             {"args": args, "kwargs": kwargs} if kwargs else {"args": args},
@@ -464,12 +471,12 @@ class Context:
                 status, output, error_json = "failed", None, json.dumps(_error_dict(failure))
             delivery = self._order.next_live()
             try:
-                await self._write(
-                    self._entry(
-                        seq, kind, step.name, status, input_json, output,
-                        error_json, started, time.time(), attempts, delivery=delivery,
-                    )
+                new = self._entry(
+                    seq, kind, step.name, status, input_json, output,
+                    error_json, started, time.time(), attempts, delivery=delivery,
                 )  # fmt: skip
+                new.blobs = blobs
+                await self._write(new)
             except BaseException:
                 self._order.give_up(delivery)
                 raise
@@ -861,6 +868,28 @@ class Context:
         await self._record(seq, kind, kind, "completed", None, value)
         return convert(value)
 
+    async def _hold(
+        self, kind: str, name: str, signal: str, stop: Callable[[], TetherError]
+    ) -> Any:
+        """A stop for a person: unless the run's mailbox holds ``signal`` (the person's
+        answer, delivered with ``Store.hand_back``), the run stops here as needs_attention
+        with the error ``stop()`` makes. The answer is recorded as entry (``kind``,
+        ``name``), consuming the signal, and returned; a replay returns it again."""
+        seq, entry = self._next(kind, name)
+        if entry is not None:
+            await self._turn(entry.delivery, recorded=True)
+            return entry.output
+        found = self._find_signal(signal)
+        if found is None:
+            if self.closed:
+                raise Suspended()
+            self.fatal = stop()
+            self._stop_here()
+            raise self.fatal
+        self._taken.add(found.id)
+        await self._record(seq, kind, name, "completed", None, found.value, consume_signal=found.id)
+        return found.value
+
     # -- durable waits ------------------------------------------------------------------
     def sleep(self, seconds: float) -> Awaitable[None]:
         """Sleep durably: the wake-up time is recorded, so a restart neither restarts nor
@@ -1053,6 +1082,9 @@ _TOOL_ERRORS: dict[str, type[ToolFailedError]] = {
     ApprovalRejectedError.code: ApprovalRejectedError,
     EffectAbortedError.code: EffectAbortedError,
 }
+
+
+BUDGET_SIGNAL = "tether:budget"  # a raised budget, for a run stopped on one
 
 
 def approval_signal(seq: int) -> str:

@@ -184,7 +184,9 @@ async def _conclude(
     if ctx.fatal is not None:
         fields = {k: v for k, v in ctx.fatal.fields.items() if k != "run_id"}
         error = ctx.fatal.to_dict() | fields
-        log.log(logging.ERROR if ctx.in_doubt is None else logging.WARNING, "%s", ctx.fatal)
+        # A changed workflow is a bug; a call in doubt or a budget reached is a person's turn.
+        bug = isinstance(ctx.fatal, NondeterminismError)
+        log.log(logging.ERROR if bug else logging.WARNING, "%s", ctx.fatal)
         return await _finish(
             store, fence, RunStatus.NEEDS_ATTENTION, error=error, in_doubt=ctx.in_doubt
         )

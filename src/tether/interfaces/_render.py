@@ -170,7 +170,25 @@ def entry_detail(entry: JournalEntry) -> str:
         return "in flight (intent recorded, no completion yet)"
     if entry.kind == "sleep":
         return ""
+    if entry.kind == "model" and isinstance(entry.output, dict):
+        return model_detail(entry.output)
+    if entry.kind == "budget" and isinstance(entry.output, dict):
+        limits = entry.output
+        given = [f"{limits['tokens']} tokens" if limits.get("tokens") else ""]
+        given.append(f"${limits['cost_usd']}" if limits.get("cost_usd") else "")
+        return f"raised to {' and '.join(g for g in given if g)} by {limits.get('by')}"
     return preview(entry.output)
+
+
+def model_detail(output: dict[str, Any]) -> str:
+    """A model call: what it answered (text, or the tools it called), tokens and cost."""
+    message = output.get("message") or {}
+    calls = [call.get("name", "?") for call in message.get("tool_calls") or ()]
+    said = f"calls {', '.join(calls)}" if calls else preview(message.get("content"), 50)
+    usage = output.get("usage") or {}
+    tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    cost = output.get("cost_usd") or 0.0
+    return f"{said} · {tokens} tokens" + (f" · ${cost:.4f}" if cost else "")
 
 
 def short_key(key: str, width: int = 12) -> str:
@@ -297,13 +315,42 @@ def _commands(rows: list[tuple[str, str]]) -> Text:
     return Text("\n").join(lines)
 
 
-def _todo(effects: list[EffectRecord]) -> RenderableType | None:
-    """What a person must do for the run to go on: resolve or approve, as commands."""
+def budget_commands(run: Run) -> list[tuple[str, str]]:
+    """The commands that raise the budget a run stopped on."""
+    error = run.error or {}
+    spent, limits = error.get("spent") or {}, error.get("budget") or {}
+    base = f"tether budget {shlex.quote(run.run_id)}"
+    rows = []
+    if limits.get("tokens") is not None or not limits.get("cost_usd"):
+        more = max(int(limits.get("tokens") or 0), int(spent.get("tokens", 0))) * 2 or 10_000
+        rows.append((f"{base} --tokens {more}", "allow more tokens (the new total)"))
+    if limits.get("cost_usd"):
+        more_usd = round(max(limits["cost_usd"], spent.get("cost_usd", 0.0)) * 2, 4)
+        rows.append((f"{base} --cost-usd {more_usd}", "allow more spending (the new total)"))
+    return rows
+
+
+def _todo(run: Run, effects: list[EffectRecord]) -> RenderableType | None:
+    """What a person must do for the run to go on: resolve, approve or raise a budget."""
     in_doubt = [e for e in effects if e.state is EffectState.IN_DOUBT]
     awaiting = [e for e in effects if e.state is EffectState.AWAITING_APPROVAL]
-    if not in_doubt and not awaiting:
+    error = run.error if run.status is RunStatus.NEEDS_ATTENTION else None
+    over = isinstance(error, dict) and error.get("code") == "budget_exceeded"
+    if not in_doubt and not awaiting and not over:
         return None
     parts: list[RenderableType] = []
+    if over:
+        spent = (error or {}).get("spent") or {}
+        parts.append(
+            Text.assemble(
+                ("the agent", "bold"),
+                " ",
+                ("reached its budget", "bold red"),
+                f" after {spent.get('turns', '?')} model calls ({spent.get('tokens', '?')} "
+                f"tokens, ${spent.get('cost_usd', 0.0):.4f}): raise it to resume",
+            )
+        )
+        parts.append(_commands(budget_commands(run)))
     for effect in in_doubt:
         parts.append(
             Text.assemble(
@@ -381,7 +428,7 @@ def run_report(
         journal_table(entries, {effect.seq: effect for effect in effects}),
     ]
     if not run.status.is_terminal:
-        todo = _todo(effects)
+        todo = _todo(run, effects)
         if todo is not None:
             parts.append(todo)
     return Group(*parts)

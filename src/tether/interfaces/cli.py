@@ -539,6 +539,62 @@ def approve(
         )
 
 
+@cli.command()
+def budget(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run stopped on a budget.")],
+    tokens: Annotated[
+        str | None,
+        typer.Option("--tokens", metavar="N", help="The new token limit (total, not more)."),
+    ] = None,
+    cost_usd: Annotated[
+        str | None,
+        typer.Option("--cost-usd", metavar="X", help="The new cost limit in US dollars."),
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", metavar="NAME", help="Who raises it (default: user@host).")
+    ] = None,
+) -> None:
+    """Raise the budget of a run stopped on one; it resumes where it stopped.
+
+    The limits are for the whole agent run, so they must be above what it has spent
+    ('tether show RUN_ID' says how much). A limit you leave out stays as it was.
+    """
+    if tokens is None and cost_usd is None:
+        raise CommandError("say the new budget: --tokens N, --cost-usd X or both", USAGE)
+    limit = _parse_number(tokens, "--tokens", int) if tokens is not None else None
+    dollars = _parse_number(cost_usd, "--cost-usd", float) if cost_usd is not None else None
+
+    async def act(app: App) -> Run:
+        return await app.raise_budget(run_id, tokens=limit, cost_usd=dollars, by=by)
+
+    _query(ctx, act)
+    given = " and ".join(
+        part
+        for part in (
+            f"{limit} tokens" if limit is not None else "",
+            f"${dollars}" if dollars is not None else "",
+        )
+        if part
+    )
+    out.print(
+        f"raised the budget of run {run_id!r} to {given}: it resumes where it stopped on the "
+        "next worker",
+        markup=False,
+    )
+
+
+def _parse_number(text: str, option: str, kind: type[int] | type[float]) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise CommandError(f"{option} takes {what}, not {text!r}", USAGE) from None
+    if not value > 0 or value != value or value in (float("inf"),):
+        raise CommandError(f"{option} must be more than 0, not {text!r}", USAGE)
+    return value
+
+
 # -- worker -------------------------------------------------------------------------------
 def _exception_line(exc: BaseException) -> str:
     line = f"{type(exc).__name__}: {exc}"

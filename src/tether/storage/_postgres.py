@@ -70,6 +70,7 @@ from ._rows import (
     run_from_row,
     run_id_conflict,
     signal_from_row,
+    stopped_for,
 )
 from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 from ._url import redact_url as _redact
@@ -732,6 +733,33 @@ class PostgresStore:
 
         return await self._write(op)
 
+    async def hand_back(self, run_id: str, *, code: str, signal_name: str, value_json: str) -> Run:
+        async def op(conn: Conn) -> None:
+            status, workflow = await self._lock_run(conn, run_id)
+            cur = await conn.execute("SELECT error FROM runs WHERE run_id = %s", (run_id,))
+            row = await cur.fetchone()
+            stopped_for(run_id, status, row[0] if row else None, code)
+            await self._deliver(conn, run_id, status, workflow, signal_name, value_json)
+            await conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, updated_at = %s "
+                "WHERE run_id = %s",
+                (time.time(), run_id),
+            )
+            await _notify(conn, f"run:{workflow}")
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
+        if not hashes:
+            return {}
+        rows = await self._read(
+            "SELECT hash, data FROM blobs WHERE hash = ANY(%s)", (list(hashes),)
+        )
+        return {digest: data for digest, data in rows}
+
     async def decide_approval(
         self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
     ) -> EffectRecord:
@@ -955,6 +983,13 @@ class PostgresStore:
                 conn, start_child, time.time()
             ):
                 raise child_run_id_taken(start_child.run_id)
+            if entry.blobs:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO blobs (hash, data, size) VALUES (%s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        [(digest, text, len(text)) for digest, text in entry.blobs],
+                    )
             input_inline, input_ref = await self._value(conn, entry.input_json)
             output_inline, output_ref = await self._value(conn, entry.output_json)
             # The fence check (with its share lock) is part of the insert: a plain step is

@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from .._errors import EffectStateError, LeaseLostError, RunIdConflictError
+from .._errors import EffectStateError, LeaseLostError, RunIdConflictError, RunStateError
 from .._records import (
     Decision,
     Effect,
@@ -40,6 +40,7 @@ __all__ = [
     "run_from_row",
     "run_id_conflict",
     "signal_from_row",
+    "stopped_for",
 ]
 
 # Values whose JSON is longer than this go to the content-addressed blob table.
@@ -177,13 +178,26 @@ def effect_state_error(run_id: str, seq: int, found: EffectRecord | None, want: 
     )
 
 
+def stopped_for(run_id: str, status: str, error_json: str | None, code: str) -> None:
+    """Raise RunStateError unless the run is stopped for a person with error ``code``."""
+    error = json_or_none(error_json) if status == "needs_attention" else None
+    found = error.get("code") if isinstance(error, dict) else None
+    if found != code:
+        why = f"it is {status}" + (f", stopped on {found}" if found else "")
+        raise RunStateError(
+            f"run {run_id!r} is not stopped on {code.replace('_', ' ')} ({why})",
+            run_id=run_id,
+            status=status,
+        )
+
+
 def blob_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def has_blob(entry: NewEntry) -> bool:
     """Whether writing the entry stores a blob (a write before the journal insert)."""
-    return any(
+    return bool(entry.blobs) or any(
         v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
     )
 

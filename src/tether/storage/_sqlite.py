@@ -58,6 +58,7 @@ from ._rows import (
     run_from_row,
     run_id_conflict,
     signal_from_row,
+    stopped_for,
 )
 from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 
@@ -439,6 +440,35 @@ class SQLiteStore:
 
         return await self._write(op)
 
+    async def hand_back(self, run_id: str, *, code: str, signal_name: str, value_json: str) -> Run:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT status, error FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            stopped_for(run_id, row[0], row[1], code)
+            self._deliver(conn, run_id, signal_name, value_json, now)
+            conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, updated_at = ? WHERE run_id = ?",
+                (now, run_id),
+            )
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(hashes), 500):  # within SQLite's bound-parameter limit
+            chunk = hashes[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", tuple(chunk))
+            found.update((digest, data) for digest, data in rows)
+        return found
+
     async def decide_approval(
         self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
     ) -> EffectRecord:
@@ -685,6 +715,11 @@ class SQLiteStore:
                 # Insert the child first: a conflict must leave no waiting entry behind, or
                 # the parent would replay into a wait on a run that is not its child.
                 raise child_run_id_taken(start_child.run_id)
+            if entry.blobs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (hash, data, size) VALUES (?, ?, ?)",
+                    [(digest, text, len(text)) for digest, text in entry.blobs],
+                )
             input_inline, input_ref = self._value(conn, entry.input_json)
             output_inline, output_ref = self._value(conn, entry.output_json)
             # The fence check is part of the insert: a plain step is one statement.

@@ -66,6 +66,9 @@ class NewEntry:
     after_seq: int | None = None  # the seq counter when the last of them resumed the run
     # The entry's row exists (a tool call's intent): a backend may update it in place.
     replaces: bool = False
+    # Content-addressed values the entry refers to by hash, as (hash, text) pairs, written
+    # (each at most once, ever) in the same transaction: a model call's new messages.
+    blobs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)  # not frozen: built on every tool call
@@ -170,6 +173,16 @@ class Store(Protocol):
         """Record a person's decision on an in-doubt effect of a run that stopped for it,
         and hand the run back to the workers (status pending), which carry it out.
         ``EffectStateError`` when the effect is not in doubt."""
+        ...
+
+    async def hand_back(self, run_id: str, *, code: str, signal_name: str, value_json: str) -> Run:
+        """A run stopped for a person (needs_attention with error ``code``) gets the
+        person's answer in its mailbox and goes back to the workers, in one transaction.
+        Raises RunNotFoundError, or RunStateError if the run is not stopped that way."""
+        ...
+
+    async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
+        """The stored texts of these content hashes (those that exist)."""
         ...
 
     async def decide_approval(
