@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +81,38 @@ def test_core_benchmark_quick_mode_runs_on_postgres(postgres_template: str, tmp_
     assert "synchronous_commit=" in proc.stdout
     assert out.exists() and out.stat().st_size > 0
     assert_tool_call_figures(proc.stdout, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_agent_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: Any) -> None:
+    if backend == "postgres":
+        request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
+    out = tmp_path / "agent.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "agent.py"),
+            "--quick",
+            "--backend",
+            backend,
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bytes stored per model call" in proc.stdout and "ms per model call" in proc.stdout
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    for turn in (1, 10, 50):
+        row = figures["storage"][f"turn_{turn}"]
+        assert row["stored"] > 0 and row["copied"] > 0
+    # What the 50th entry stands for is far bigger than the 10th's; what it stores is not.
+    assert figures["storage"]["turn_50"]["copied"] > 3 * figures["storage"]["turn_10"]["copied"]
+    assert figures["overhead"]["model_call_ms"] > 0
