@@ -16,9 +16,17 @@ from typing import Any
 
 import pytest
 
-from tether import EntryStatus, LeaseLostError, RunIdConflictError, RunNotFoundError, RunStatus
+from tether import (
+    EntryStatus,
+    LeaseLostError,
+    RunIdConflictError,
+    RunNotFoundError,
+    RunStateError,
+    RunStatus,
+)
 from tether.storage import Fence, NewEntry, NewRun, SQLiteStore, WorkerInfo, open_store
 from tether.storage._migrations import load_migrations
+from tether.storage._rows import blob_hash
 
 WORKFLOWS = frozenset({"flow", "other", "wf"})
 
@@ -568,3 +576,61 @@ async def test_claim_takes_only_the_workflows_it_is_given(tmp_path: Path) -> Non
         assert refund is not None and refund.status is RunStatus.PENDING
     finally:
         await store.close()
+
+
+# -- content-addressed blobs and hand-backs (the agent layer) ---------------------------
+def with_blobs(seq: int, *texts: str) -> NewEntry:
+    entry = step_entry(seq, [blob_hash(t) for t in texts])
+    entry.kind = "model"
+    entry.blobs = tuple((blob_hash(t), t) for t in texts)
+    return entry
+
+
+async def test_an_entry_writes_its_blobs_once_with_it(store: AnyStore) -> None:
+    a, b = await claimed(store, "r1"), await claimed(store, "r2")
+    await store.append_entry(a, with_blobs(1, "system prompt", "hello"))
+    await store.append_entry(b, with_blobs(1, "system prompt", "bye"))  # shares one
+    assert await rows(store, "SELECT count(*) FROM blobs") == [(3,)]
+    wanted = [blob_hash(t) for t in ("hello", "bye", "system prompt", "never stored")]
+    found = await store.get_blobs(wanted)
+    assert found == {blob_hash(t): t for t in ("hello", "bye", "system prompt")}
+    assert await store.get_blobs([]) == {}
+    many = [f"m{i}" for i in range(1200)]  # more than one SQLite parameter batch
+    await store.append_entry(a, with_blobs(2, *many))
+    assert len(await store.get_blobs([blob_hash(t) for t in many])) == 1200
+    assert (await store.list_entries("r1"))[1].output == [blob_hash(t) for t in many]
+
+
+async def test_a_stale_writer_writes_no_blob(store: AnyStore) -> None:
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [stale] = await store.claim_runs("w1", 10, 0.01, WORKFLOWS)
+    await asyncio.sleep(0.03)
+    [current] = await store.claim_runs("w2", 10, 30.0, WORKFLOWS)
+    with pytest.raises(LeaseLostError):
+        await store.append_entry(stale, with_blobs(1, "orphan"))
+    assert await rows(store, "SELECT count(*) FROM blobs") == [(0,)]
+    assert await rows(store, "SELECT count(*) FROM journal") == [(0,)]
+    await store.append_entry(current, with_blobs(1, "kept"))
+    assert await store.get_blobs([blob_hash("kept")]) == {blob_hash("kept"): "kept"}
+
+
+async def test_hand_back_delivers_the_answer_to_a_run_stopped_that_way(store: AnyStore) -> None:
+    fence = await claimed(store, "r1")
+    error = json.dumps({"code": "budget_exceeded", "message": "over"})
+    await store.finish_run(fence, RunStatus.NEEDS_ATTENTION, error_json=error)
+    with pytest.raises(RunStateError, match="not stopped on other thing"):
+        await store.hand_back("r1", code="other_thing", signal_name="s", value_json="1")
+    with pytest.raises(RunNotFoundError):
+        await store.hand_back("nope", code="budget_exceeded", signal_name="s", value_json="1")
+    assert await store.list_signals("r1") == []
+
+    run = await store.hand_back(
+        "r1", code="budget_exceeded", signal_name="tether:budget", value_json='{"tokens": 9}'
+    )
+    assert run.status is RunStatus.PENDING and run.error is None
+    [signal] = await store.list_signals("r1")
+    assert (signal.name, signal.value) == ("tether:budget", {"tokens": 9})
+    # Only once: the run is no longer stopped.
+    with pytest.raises(RunStateError, match="it is pending"):
+        await store.hand_back("r1", code="budget_exceeded", signal_name="s", value_json="1")
+    assert [f.run_id for f in await store.claim_runs("w2", 10, 30.0, WORKFLOWS)] == ["r1"]

@@ -128,6 +128,17 @@ _INTENT = (
     "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
     f"%s::int, %s::int, %s::int FROM effect {_SEAL}"
 )
+# A journal write with the blobs it refers to (a model call's new messages, a large value),
+# as one statement: the blobs and the entry are written only if the fence check passes.
+_WITH_BLOBS = (
+    f"WITH owned AS ({_OWNED}), "
+    "blob AS (INSERT INTO blobs (hash, data, size) SELECT b.h, b.d, length(b.d) "
+    "FROM unnest(%s::text[], %s::text[]) AS b(h, d) WHERE EXISTS (SELECT 1 FROM owned) "
+    "ON CONFLICT DO NOTHING) "
+    f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
+    f"%s::int, %s::int, %s::int WHERE EXISTS (SELECT 1 FROM owned) {_SEAL}"
+)
 _UNSEALED = (EntryStatus.WAITING, EntryStatus.INTENT)
 # Many plain journal writes of one flush as one statement: one row per write, each with
 # its own fence check, and RETURNING says which went through.
@@ -968,6 +979,9 @@ class PostgresStore:
         if effect is not None and consume_signal is None and start_child is None and not blob:
             await self._write_intent(fence, entry, effect)  # the common intent: one statement
             return
+        if blob and effect is None and consume_signal is None and start_child is None:
+            await self._write_with_blobs(fence, entry)  # a model call: one statement
+            return
         extra = consume_signal is not None or start_child is not None or effect is not None
         extra = extra or blob
 
@@ -1020,6 +1034,35 @@ class PostgresStore:
             values = (entry.input_json, None, entry.output_json, None)
             row = (*journal_params(fence, entry, values), fence.worker_id, int(fence.fence))
         await self._write(op, single=not extra, row=row)
+
+    async def _write_with_blobs(self, fence: Fence, entry: NewEntry) -> None:
+        hashes = [digest for digest, _ in entry.blobs]
+        texts = [text for _, text in entry.blobs]
+        values: list[str | None] = []
+        for text in (entry.input_json, entry.output_json):
+            if text is None or len(text) <= BLOB_THRESHOLD:
+                values += [text, None]
+            else:
+                digest = blob_hash(text)
+                hashes.append(digest)
+                texts.append(text)
+                values += [None, digest]
+        inline_in, ref_in, inline_out, ref_out = values
+        params = (
+            fence.run_id,
+            fence.worker_id,
+            fence.fence,
+            hashes,
+            texts,
+            *journal_params(fence, entry, (inline_in, ref_in, inline_out, ref_out)),
+        )
+
+        async def op(conn: Conn) -> None:
+            cur = await conn.execute(_WITH_BLOBS, params)
+            if cur.rowcount != 1:
+                raise lease_lost(fence)
+
+        await self._write(op, single=True)
 
     async def _write_intent(self, fence: Fence, entry: NewEntry, effect: NewEffect) -> None:
         params = (
