@@ -119,6 +119,25 @@ async def test_bad_arguments_and_unknown_tools_go_back_to_the_model(db_url: str)
     assert "unknown tool 'wire_money'" in result["output"]
 
 
+async def test_arguments_that_are_not_json_go_back_to_the_model(db_url: str) -> None:
+    # An adapter keeps arguments it cannot parse as {"_raw": text}; the tool is not called,
+    # even when every parameter of it has a default.
+    def check(request: ModelRequest) -> str:
+        last = request.messages[-1]
+        assert last.role == "tool" and last.is_error
+        return last.content or ""
+
+    model = ScriptedModel(
+        [ToolCall(id="a", name="lookup", arguments={"_raw": '{"customer": "ada"'}), check]
+    )
+    app, _ = build(db_url, model)
+    async with app:
+        result = await (await app.start("support", "who", run_id="r1")).result(timeout=30)
+        effects = await app.list_effects("r1")
+    assert result["output"] == 'the arguments for lookup are not a JSON object: {"customer": "ada"'
+    assert effects == []
+
+
 async def test_parallel_tool_calls_in_one_turn(db_url: str) -> None:
     model = ScriptedModel(
         [

@@ -303,6 +303,9 @@ class Agent(Generic[T]):
             known = ", ".join(sorted(self.tools)) or "none"
             text = f"unknown tool {call.name!r}; tools: {known}"
             return _done(Message.tool(call.id, text, is_error=True))
+        if set(call.arguments) == {"_raw"}:  # an adapter could not parse them as JSON
+            text = f"the arguments for {call.name} are not a JSON object: {call.arguments['_raw']}"
+            return _done(Message.tool(call.id, text, is_error=True))
         try:
             arguments = tool.validate(call.arguments)
         except pydantic.ValidationError as exc:
