@@ -287,25 +287,3 @@ def test_an_unimportable_module_is_one_line(
     explicit = ["-d", env["TETHER_DATABASE_URL"]] if "is bound to" in fragment else []
     result = tether(*explicit, "worker", "mod:app", env=env, cwd=workdir)
     assert_one_line_error(result, 2 if explicit else 1, fragment)
-
-
-@pytest.mark.slow
-def test_demo(tmp_path: Path, env: dict[str, str]) -> None:
-    env = dict(env, TETHER_DATABASE_URL="sqlite:///demo.db")
-    started = time.monotonic()
-    result = tether("demo", env=env, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert time.monotonic() - started < 60
-    assert "SIGKILL" in result.stdout
-    assert "No completed step ran twice" in result.stdout
-    listed = json.loads(tether("runs", "--json", env=env, cwd=tmp_path).stdout)
-    assert [r["status"] for r in listed] == ["succeeded"]
-    shown = json.loads(tether("show", listed[0]["run_id"], "--json", env=env, cwd=tmp_path).stdout)
-    steps = [e["name"] for e in shown["events"] if e["kind"] == "step"]
-    assert steps == [
-        "check_inventory",
-        "reserve_stock",
-        "charge_card",
-        "write_invoice",
-        "send_confirmation",
-    ]
