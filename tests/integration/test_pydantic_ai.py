@@ -51,6 +51,7 @@ from tether.integrations.pydantic_ai import (
     TetherAgent,
     _DurableModel,
     idempotency_key,
+    load_request,
 )
 
 POLL = 0.05
@@ -173,6 +174,7 @@ async def test_each_model_request_and_tool_call_is_a_journal_entry(db_url: str) 
         handle = await app.start("support", "what did ada order?", run_id="r1")
         result = await handle.result(timeout=30)
         journal = await app.get_journal("r1")
+        requests = {e.seq: await load_request(app, "r1", e.seq) for e in journal[:3:2]}
     assert result == {"output": "ada's last order is o-7", "messages": 4}
     assert [(e.kind, e.name, e.status.value) for e in journal] == [
         ("model", "function:model:", "completed"),
@@ -182,7 +184,7 @@ async def test_each_model_request_and_tool_call_is_a_journal_entry(db_url: str) 
     ]
     first, tool, second = journal[:3]
     # The request is the recorded input, the response the recorded output.
-    [request] = first.input["args"]
+    request = requests[first.seq]
     assert request["messages"][0]["parts"][0]["content"] == "what did ada order?"
     assert "timestamp" not in request["messages"][0]["parts"][0]  # differs on every execution
     tools = {t["name"] for t in request["model_request_parameters"]["function_tools"]}
@@ -191,8 +193,11 @@ async def test_each_model_request_and_tool_call_is_a_journal_entry(db_url: str) 
     assert first.output["parts"][0]["tool_name"] == "lookup"
     assert tool.input == {"customer": "ada"}
     assert tool.output == {"customer": "ada", "order": "o-7", "cents": 1250}
-    [request] = second.input["args"]
+    request = requests[second.seq]
     assert [m["kind"] for m in request["messages"]] == ["request", "response", "request"]
+    # Stored once: the second entry names only what its turn added, after the first.
+    [record] = second.input["args"]
+    assert record["after"] == first.seq and len(record["messages"]) == 2
     assert second.output["parts"][0]["content"] == "ada's last order is o-7"
 
 
@@ -290,11 +295,12 @@ async def test_bad_tool_arguments_go_back_to_the_model(db_url: str) -> None:
         result = await (await app.start("support", "refund ada", run_id="r1")).result(timeout=30)
         journal = await app.get_journal("r1")
         effects = await app.list_effects("r1")
+        second = await load_request(app, "r1", journal[1].seq)
     assert result["output"] == "refunded after a retry"
     assert seen["refund"] == 1
     assert [e.kind for e in journal] == ["model", "model", "tool", "model", "sleep"]
     assert [e.args for e in effects] == [{"order": "o-7", "cents": 1250}]
-    retry = journal[1].input["args"][0]["messages"][-1]["parts"][0]
+    retry = second["messages"][-1]["parts"][0]
     assert retry["part_kind"] == "retry-prompt" or retry.get("outcome") == "retried"
     assert "int_parsing" in str(retry["content"]) and "cents" in str(retry["content"])
 
@@ -615,8 +621,11 @@ async def test_a_replay_that_asks_the_model_something_else_stops_for_a_person(
         with pytest.raises(RunNeedsAttentionError):
             await handle.result(timeout=30)
         run = await app.get_run("r1")
+        recorded = await load_request(app, "r1", 1)
     assert run.error is not None and run.error["type"] == "NondeterminismError"
-    assert "execution 1" in run.error["message"] and "execution 2" in run.error["message"]
+    assert "at seq 1" in run.error["message"] and "function:respond:" in run.error["message"]
+    # The message names the messages by hash; the recorded request says what they were.
+    assert recorded["messages"][0]["parts"][0]["content"] == "hi, execution 1"
     assert seen["model"] == 1  # the diverging request was never sent
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import json
 import keyword
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -55,13 +56,14 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 from .._errors import ApprovalRejectedError, TetherError, ToolDeniedError, ToolFailedError
 from .._records import Decision, Effect
-from ..engine import Context
+from ..engine import App, Context
 from ..engine import Tool as TetherTool
 from ..engine._context import current_context
 from ..engine._registry import make_step
 from ..engine._tools import KEY_PARAM, ToolDef, make_tool
+from ..storage._rows import blob_hash
 
-__all__ = ["StreamingNotSupportedError", "TetherAgent", "idempotency_key"]
+__all__ = ["StreamingNotSupportedError", "TetherAgent", "idempotency_key", "load_request"]
 
 AgentDepsT = TypeVar("AgentDepsT")
 OutputDataT = TypeVar("OutputDataT")
@@ -233,6 +235,11 @@ class _DurableModel(WrapperModel):
     def __init__(self, wrapped: Model, retries: int) -> None:
         super().__init__(wrapped)
         self._retries = retries
+        # One instance per TetherAgent.run: the conversation is stored content-addressed,
+        # each request naming the previous one (by seq) and the hashes of what it added.
+        self._sent: list[str] = []  # hashes of the previous request's messages
+        self._after: int | None = None  # seq of the previous request
+        self._stored: set[str] = set()  # hashes already written as blobs by this run
 
     async def request(
         self,
@@ -251,8 +258,12 @@ class _DurableModel(WrapperModel):
             return _dump_message(response)
 
         step = self._step(call_model, self.model_name)
-        record = _request_record(messages, model_settings, model_request_parameters)
-        data = await ctx._call_step(step, (record,), {}, kind="model")
+        record, blobs = self._addressed(
+            _request_record(messages, model_settings, model_request_parameters)
+        )
+        pending = ctx._call_step(step, (record,), {}, kind="model", blobs=blobs)
+        self._after = ctx.seq
+        data = await pending
         # The recorded response, live as on replay: both executions go on from the same value.
         response = ModelMessagesTypeAdapter.validate_python([data])[0]
         if not isinstance(response, ModelResponse):  # pragma: no cover - a corrupt journal
@@ -295,10 +306,70 @@ class _DurableModel(WrapperModel):
         )
         yield  # pragma: no cover - makes this an async generator
 
+    def _addressed(
+        self, record: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+        """The record with its messages and tool definitions replaced by content hashes
+        (only the messages added since this run's previous request), and the blobs to
+        store with it: an entry costs what its turn added, not the whole conversation."""
+        texts = [_canonical(message) for message in record["messages"]]
+        parameters = _canonical(record["model_request_parameters"])
+        hashes = [blob_hash(text) for text in texts]
+        blobs: list[tuple[str, str]] = []
+        for digest, text in zip(
+            [*hashes, blob_hash(parameters)], [*texts, parameters], strict=True
+        ):
+            if digest not in self._stored:
+                self._stored.add(digest)
+                blobs.append((digest, text))
+        extends = self._after is not None and hashes[: len(self._sent)] == self._sent
+        addressed = dict(record)
+        addressed["after"] = self._after if extends else None
+        addressed["messages"] = hashes[len(self._sent) :] if extends else hashes
+        addressed["model_request_parameters"] = blob_hash(parameters)
+        self._sent = hashes
+        return addressed, tuple(blobs)
+
     def _step(self, fn: Callable[..., Awaitable[Any]], name: str) -> Any:
         return make_step(
             fn, name, retries=self._retries, backoff=1.0, backoff_max=60.0, timeout=None
         )
+
+
+async def load_request(app: App, run_id: str, seq: int) -> dict[str, Any]:
+    """The request the model call at ``seq`` of ``run_id`` sent, put back together from
+    the journal and the blob store: ``messages`` (Pydantic AI's JSON form, timestamps and
+    ids left out), ``model_settings`` and ``model_request_parameters``."""
+    entries = {entry.seq: entry for entry in await app.get_journal(run_id)}
+
+    def record_at(at: int) -> dict[str, Any]:
+        entry = entries.get(at)
+        args = entry.input.get("args") if entry is not None and entry.kind == "model" else None
+        if not isinstance(args, list) or not args or not isinstance(args[0], dict):
+            raise TetherError(f"run {run_id!r} has no model call at seq {at}", seq=at)
+        record: dict[str, Any] = args[0]
+        return record
+
+    record = record_at(seq)
+    chain, current = [], record
+    while True:
+        chain.append(current["messages"])
+        if current.get("after") is None:
+            break
+        current = record_at(current["after"])
+    hashes = [digest for part in reversed(chain) for digest in part]
+    texts = await app.blobs([*hashes, record["model_request_parameters"]])
+    missing = [digest for digest in hashes if digest not in texts]
+    if missing or record["model_request_parameters"] not in texts:
+        raise TetherError(f"run {run_id!r} seq {seq}: part of its request is not stored")
+    full = {k: v for k, v in record.items() if k != "after"}
+    full["messages"] = [json.loads(texts[digest]) for digest in hashes]
+    full["model_request_parameters"] = json.loads(texts[record["model_request_parameters"]])
+    return full
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _dump_message(message: ModelMessage) -> dict[str, Any]:
