@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import socket
 import time
@@ -532,9 +533,11 @@ class App:
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
             raise TetherError(f"tokens must be a whole number, not {tokens!r}")
         if cost_usd is not None and (
-            isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float)
+            isinstance(cost_usd, bool)
+            or not isinstance(cost_usd, int | float)
+            or not math.isfinite(cost_usd)
         ):
-            raise TetherError(f"cost_usd must be a number, not {cost_usd!r}")
+            raise TetherError(f"cost_usd must be a finite number, not {cost_usd!r}")
         run = await self.get_run(run_id)
         error = run.error if run.status is RunStatus.NEEDS_ATTENTION else None
         if not isinstance(error, dict) or error.get("code") != BudgetExceededError.code:
