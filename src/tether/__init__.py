@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import guard as guard  # registers the policy file loader with the engine
 from ._errors import (
     ApprovalRejectedError,
     BudgetExceededError,

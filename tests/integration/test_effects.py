@@ -1261,6 +1261,10 @@ async def test_effects_after_an_untrusted_tool_are_tainted_also_after_replay(
     app2 = make()
     async with app2:
         await app2.signal("r1", "go")
+        # The default policy: an irreversible call in a tainted run waits for a person.
+        waiting = await wait_effect(app2, "r1", 4, EffectState.AWAITING_APPROVAL)
+        assert waiting.decision is Decision.APPROVE and waiting.approval is Decision.AUTO
+        await app2.approve("r1", 4, by="ops")
         await app2.handle("r1").result(timeout=5)
         effects = await app2.list_effects("r1")
     assert [(e.tool, e.tainted) for e in before] == [("send", False), ("read_web", False)]

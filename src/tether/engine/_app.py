@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -31,6 +32,7 @@ from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
 from ._context import BUDGET_SIGNAL, approval_signal
 from ._functions import Step, Tool, Workflow
+from ._policy import Policy, load_policy
 from ._registry import WorkflowDef, make_step, make_workflow
 from ._secrets import SecretHasher
 from ._tools import make_tool
@@ -124,6 +126,7 @@ class App:
         poll_interval: float | None = None,
         shutdown_grace: float = 10.0,
         secret_key: str | bytes | None = None,
+        policy: Policy | str | Path | None = None,
     ) -> None:
         self.database_url = database_url or os.environ.get(
             "TETHER_DATABASE_URL", DEFAULT_DATABASE_URL
@@ -151,6 +154,15 @@ class App:
         self._tools: dict[str, Tool[Any, Any]] = {}
         # Hashes the arguments tools declare secret (see _secrets.py for where the key is).
         self._secrets = SecretHasher(secret_key)
+        # The agency dial: a policy file (App(policy=) or TETHER_POLICY), read now so that a
+        # malformed one stops the App before it runs anything.
+        if policy is None and os.environ.get("TETHER_POLICY"):
+            policy = os.environ["TETHER_POLICY"]
+        self.policy: Policy = (
+            policy
+            if isinstance(policy, Policy)
+            else load_policy(None if policy is None else Path(policy))
+        )
         self._worker: Worker | None = None
         self._opened = False
         self._watchers: dict[str, asyncio.Event] = {}

@@ -56,6 +56,7 @@ from .._serde import decode, dumps, validate
 from ..storage import Fence, InDoubt, NewEffect, NewEntry, NewRun, Store
 from ._control import Abandon, Checkpoint, Suspended
 from ._order import DeliveryOrder
+from ._policy import CallFacts
 from ._registry import StepDef, WorkflowDef
 from ._retry import CallTimeout, backoff_delay, call_step
 from ._secrets import SECRET_MARK
@@ -521,7 +522,10 @@ class Context:
         key = idempotency_key(self.run_id, seq)
         record = self._effects.get(seq)
         if entry is None:
-            decision = tool.approval  # the policy layer (guard) refines this
+            facts = CallFacts(
+                tool.name, tool.effect, tool.blast_radius, tool.approval, self._tainted
+            )
+            decision = self._app.policy.decide(facts)
             if decision is Decision.DENY:
                 error = {
                     "type": "ToolDeniedError",
