@@ -34,14 +34,19 @@ from ._errors import (
     UnknownWorkflowError,
 )
 from ._records import (
+    ApiToken,
+    AttentionItem,
     Decision,
     Effect,
     EffectRecord,
     EffectState,
     EntryStatus,
     JournalEntry,
+    Overview,
+    Role,
     Run,
     RunStatus,
+    WorkerActivity,
 )
 from .agent import Agent, AgentResult, Budget
 from .engine import App, Context, Done, NotDone, RunHandle, Step, Tool, Workflow
@@ -50,9 +55,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "ApiToken",
     "AgentResult",
     "App",
     "ApprovalRejectedError",
+    "AttentionItem",
     "Budget",
     "BudgetExceededError",
     "ChildRunFailedError",
@@ -74,8 +81,10 @@ __all__ = [
     "NotAttempted",
     "NotDone",
     "NotInWorkflowError",
+    "Overview",
     "OutcomeUnknown",
     "RegistrationError",
+    "Role",
     "Run",
     "RunCancelledError",
     "RunFailedError",
@@ -95,5 +104,6 @@ __all__ = [
     "ToolDeniedError",
     "ToolFailedError",
     "UnknownWorkflowError",
+    "WorkerActivity",
     "Workflow",
 ]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ApiToken",
+    "AttentionItem",
     "Decision",
     "Effect",
     "EffectRecord",
@@ -16,7 +18,10 @@ __all__ = [
     "Run",
     "RunState",
     "RunStatus",
+    "Overview",
+    "Role",
     "Signal",
+    "WorkerActivity",
 ]
 
 
@@ -115,6 +120,7 @@ class Run:
     lease_expires_at: float | None = None
     fence: int = 0
     attempts: int = 0
+    tags: tuple[str, ...] = ()  # labels given at start (app.start(tags=)), inherited by children
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,9 @@ class EffectRecord:
     started_at: float | None = None  # when the latest call was authorized
     finished_at: float | None = None
     attempts: int = 1  # tries of the last call (retries with backoff)
+    # An approval's deadline (epoch seconds) and what happens then: "approve" or "reject".
+    deadline: float | None = None
+    on_timeout: str | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -193,3 +202,80 @@ class RunState:
     children: dict[str, Run] = field(default_factory=dict)
     # Effects whose call has no completion yet (after a crash, or awaiting approval).
     effects: dict[int, EffectRecord] = field(default_factory=dict)
+
+
+class Role(enum.StrEnum):
+    """What a control-plane token may do; each role may do all the one before it may."""
+
+    VIEWER = "viewer"  # read runs, journals, effects, approvals
+    APPROVER = "approver"  # also approve, reject, resolve, signal, raise budgets
+    ADMIN = "admin"  # also cancel runs and manage tokens
+
+    def __str__(self) -> str:
+        return self.value
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A bearer token of the control plane, as stored (the secret itself is never stored:
+    only its SHA-256)."""
+
+    token_id: str
+    name: str
+    role: Role
+    created_at: float
+    created_by: str | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionItem:
+    """One thing that needs a person, for the roll-up.
+
+    ``kind`` is ``approval`` (a tool call awaits approval), ``in_doubt`` (an irreversible
+    call may or may not have happened), ``budget`` (an agent stopped on its budget),
+    ``nondeterminism`` (the code changed under the run), ``attention`` (another stop for a
+    person) or ``failed`` (the run failed). ``rank`` orders by urgency: lower first."""
+
+    kind: str
+    rank: int
+    run_id: str
+    workflow: str
+    title: str  # one line: what happened
+    since: float  # when it started needing a person
+    seq: int | None = None
+    tool: str | None = None
+    deadline: float | None = None
+    action: str = ""  # the CLI command that acts on it
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerActivity:
+    """A live worker and the runs it holds leases on (what it is doing now)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The roll-up (DESIGN section 9): run counts by status, what needs a person ordered by
+    urgency, and what each worker is doing."""
+
+    counts: dict[str, int]
+    attention: list[AttentionItem]
+    workers: list[WorkerActivity]
+    at: float

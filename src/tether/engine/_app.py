@@ -27,13 +27,25 @@ from .._errors import (
     TetherError,
     UnknownWorkflowError,
 )
-from .._records import Decision, Effect, EffectRecord, JournalEntry, Run, RunStatus
+from .._records import (
+    ApiToken,
+    Decision,
+    Effect,
+    EffectRecord,
+    JournalEntry,
+    Overview,
+    Role,
+    Run,
+    RunStatus,
+)
 from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
+from . import _tokens
 from ._context import BUDGET_SIGNAL, approval_signal
 from ._functions import Step, Tool, Workflow
 from ._policy import Policy, load_policy
 from ._registry import WorkflowDef, make_step, make_workflow
+from ._rollup import build_overview
 from ._secrets import SecretHasher
 from ._tools import make_tool
 from ._worker import Worker
@@ -259,6 +271,8 @@ class App:
         backoff: float = 1.0,
         backoff_max: float = 60.0,
         timeout: float | None = None,
+        approval_timeout: float | None = None,
+        on_timeout: str = "reject",
     ) -> Callable[[Callable[P, Any]], Tool[P, Any]]: ...
     def tool(
         self,
@@ -276,6 +290,8 @@ class App:
         backoff: float = 1.0,
         backoff_max: float = 60.0,
         timeout: float | None = None,
+        approval_timeout: float | None = None,
+        on_timeout: str = "reject",
     ) -> Any:
         """Register a tool: a call with a declared effect on the outside world (DESIGN
         section 4). ``effect`` is required: ``Effect.READ`` (no side effect),
@@ -285,7 +301,9 @@ class App:
         gets one, stable for the call across retries and crashes. ``approval`` is the
         default agency level; ``secret_params`` are stored only as keyed hashes;
         ``untrusted_output`` marks the run tainted after the call. Retries as for steps;
-        an irreversible tool is retried only when it raises ``NotAttempted``."""
+        an irreversible tool is retried only when it raises ``NotAttempted``. A call that
+        waits for approval waits at most ``approval_timeout`` seconds (default: forever),
+        then is rejected, or approved with ``on_timeout="approve"``."""
 
         def register(f: Callable[..., Any]) -> Tool[Any, Any]:
             if effect is None:
@@ -307,6 +325,8 @@ class App:
                 backoff=backoff,
                 backoff_max=backoff_max,
                 timeout=timeout,
+                approval_timeout=approval_timeout,
+                on_timeout=on_timeout,
             )
             existing = self._tools.get(definition.name)
             if existing is not None and existing.fn is not f:
@@ -475,18 +495,22 @@ class App:
         /,
         *args: Any,
         run_id: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
         **kwargs: Any,
     ) -> RunHandle[R]:
         """Start a run of ``workflow``. Idempotent on ``run_id``: starting an existing
-        run_id returns that run's handle and starts nothing."""
+        run_id returns that run's handle and starts nothing. ``tags`` label the run (and
+        its children) for policy rules and for ``list_runs(tag=...)``."""
         definition = self._definition(workflow)
         args_json = self._encode_args(definition, args, kwargs)
+        labels = _check_tags(tags)
         store = await self._ensure_open()
         if run_id is None:
             run_id = os.urandom(8).hex()
         else:
             _check_text("run_id", run_id)
-        _, created = await store.create_run(NewRun(run_id, definition.name, args_json))
+        new = NewRun(run_id, definition.name, args_json, tags=labels)
+        _, created = await store.create_run(new)
         if created:
             self._wake_worker()
         return RunHandle(self, run_id, definition)
@@ -508,16 +532,55 @@ class App:
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
+        """Runs, newest first, filtered by status, workflow name and tag."""
+        if status is not None:
+            try:
+                status = RunStatus(status)
+            except ValueError:
+                allowed = ", ".join(s.value for s in RunStatus)
+                raise TetherError(f"status {status!r} is not one of {allowed}") from None
+        _check_page(limit, offset)
         store = await self._ensure_open()
         return await store.list_runs(
-            status=None if status is None else RunStatus(status),
-            workflow=workflow,
-            limit=limit,
-            offset=offset,
+            status=status, workflow=workflow, tag=tag, limit=limit, offset=offset
         )
+
+    async def list_approvals(self, *, limit: int = 100, offset: int = 0) -> list[EffectRecord]:
+        """Tool calls awaiting a person's approval, of runs that have not ended: soonest
+        deadline first, then oldest."""
+        _check_page(limit, offset)
+        store = await self._ensure_open()
+        return await store.list_effects(awaiting_approval=True, limit=limit, offset=offset)
+
+    async def overview(self, *, limit: int = 50) -> Overview:
+        """The roll-up: run counts by status, what needs a person (most urgent first, at
+        most ``limit``), and what each live worker is doing."""
+        _check_page(limit, 0)
+        return await build_overview(await self._ensure_open(), limit=limit)
+
+    # -- control-plane tokens -------------------------------------------------------------
+    async def create_token(
+        self, role: Role | str, *, name: str | None = None, by: str | None = None
+    ) -> tuple[ApiToken, str]:
+        """A new bearer token for the HTTP API and web UI: the record, and the secret,
+        which is shown this once (only its hash is stored)."""
+        store = await self._ensure_open()
+        return await _tokens.create_token(store, role, name=name, by=by or _whoami())
+
+    async def check_token(self, secret: str) -> ApiToken | None:
+        """The active token with this secret, or None (unknown or revoked)."""
+        return await _tokens.check_token(await self._ensure_open(), secret)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        return await (await self._ensure_open()).list_tokens()
+
+    async def revoke_token(self, token_id: str) -> ApiToken:
+        """Revoke a token at once: its next request is refused."""
+        return await _tokens.revoke_token(await self._ensure_open(), token_id)
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         await self.get_run(run_id)
@@ -722,6 +785,22 @@ def _whoami() -> str:
     except OSError:
         user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid {os.getuid()}"
     return f"{user}@{socket.gethostname()}"
+
+
+def _check_page(limit: object, offset: object) -> None:
+    for what, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise TetherError(f"{what} must be a whole number >= {low}, not {value!r}")
+
+
+def _check_tags(tags: object) -> tuple[str, ...]:
+    if isinstance(tags, str) or not isinstance(tags, tuple | list):
+        raise TetherError(f"tags must be a list of strings, e.g. tags=['prod'], not {tags!r}")
+    if len(tags) > 32:
+        raise TetherError(f"a run takes at most 32 tags, not {len(tags)}")
+    for tag in tags:
+        _check_text("a tag", tag, limit=100)
+    return tuple(dict.fromkeys(tags))
 
 
 def _check_text(what: str, value: object, *, limit: int = 200) -> None:

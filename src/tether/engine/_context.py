@@ -111,6 +111,7 @@ class Context:
     def __init__(self, app: App, fence: Fence, state: RunState, store: Store) -> None:
         self.run_id: str = state.run.run_id
         self.workflow: str = state.run.workflow
+        self.tags: tuple[str, ...] = state.run.tags  # given at start; policy rules match them
         self._app = app
         self._fence = fence
         self._store = store
@@ -522,28 +523,55 @@ class Context:
         key = idempotency_key(self.run_id, seq)
         record = self._effects.get(seq)
         if entry is None:
-            facts = CallFacts(
-                tool.name, tool.effect, tool.blast_radius, tool.approval, self._tainted
+            ruling = self._app.policy.explain(
+                CallFacts(
+                    tool.name,
+                    tool.effect,
+                    tool.blast_radius,
+                    tool.approval,
+                    self._tainted,
+                    frozenset(self.tags),
+                    tool.approval_timeout,
+                    tool.on_timeout,
+                )
             )
-            decision = self._app.policy.decide(facts)
+            decision = ruling.decision
             if decision is Decision.DENY:
                 error = {
                     "type": "ToolDeniedError",
                     "code": ToolDeniedError.code,
-                    "message": f"the policy denies calling tool {tool.name!r}",
+                    "message": f"the policy denies calling tool {tool.name!r}: {ruling.reason}",
                 }
-                effect = self._intent(seq, tool, key, decision, 0, "denied")
+                effect = self._intent(
+                    seq, tool, key, decision, 0, "denied", rule=ruling.source, reason=ruling.reason
+                )
                 return await self._seal_tool(seq, tool, call, None, error, effect=effect)
             if decision is not Decision.APPROVE:
                 effect = self._intent(seq, tool, key, decision, 1, "intent")
                 return await self._make_call(seq, tool, call, key, effect)
-            effect = self._intent(seq, tool, key, decision, 0, "approval_requested")
+            deadline = None if ruling.timeout is None else time.time() + ruling.timeout
+            effect = self._intent(
+                seq,
+                tool,
+                key,
+                decision,
+                0,
+                "approval_requested",
+                rule=ruling.source,
+                reason=ruling.reason,
+            )
+            effect.deadline = deadline
+            effect.on_timeout = ruling.on_timeout if deadline is not None else None
             arguments = json.loads(call.input_json)
             await self._record(seq, "tool", tool.name, "waiting", arguments, None, effect=effect)
-            return await self._await_approval(seq, tool, call, key, decision, 0)
+            return await self._await_approval(
+                seq, tool, call, key, decision, deadline, effect.on_timeout
+            )
         if entry.status is EntryStatus.WAITING:
             decision = record.decision if record is not None else Decision.APPROVE
-            return await self._await_approval(seq, tool, call, key, decision, 0)
+            deadline = record.deadline if record is not None else None
+            on_timeout = record.on_timeout if record is not None else None
+            return await self._await_approval(seq, tool, call, key, decision, deadline, on_timeout)
         return await self._recover(seq, tool, call, key, record)
 
     def _intent(
@@ -583,18 +611,38 @@ class Context:
         call: PreparedCall,
         key: str,
         decision: Decision,
-        attempt: int,
+        deadline: float | None,
+        on_timeout: str | None,
     ) -> Any:
-        """Wait durably (holding no thread) for a person's decision on this one call."""
+        """Wait durably (holding no thread) for a person's decision on this one call; at
+        ``deadline`` (if any), take ``on_timeout`` (reject or approve) instead."""
         name = approval_signal(seq)
+        attempt = 0
+        consumed: int | None = None
         while True:
             signal = self._find_signal(name)
             if signal is not None:
+                self._taken.add(signal.id)
+                consumed = signal.id
+                verdict = signal.value if isinstance(signal.value, dict) else {}
+                who = {"by": verdict.get("by"), "note": verdict.get("note")}
                 break
-            await self._block(_Wait(seq, signal=name))
-        self._taken.add(signal.id)
-        verdict = signal.value if isinstance(signal.value, dict) else {}
-        who = {"by": verdict.get("by"), "note": verdict.get("note")}
+            if deadline is not None and time.time() >= deadline:
+                # A decision sent from another process may not be in the mailbox yet.
+                try:
+                    self._mailbox = await self._store.list_signals(self.run_id)
+                except StorageError:
+                    raise self._exit(Abandon()) from None
+                if self._find_signal(name) is not None:
+                    continue
+                verdict = {"approved": on_timeout == "approve"}
+                who = {
+                    "by": "tether (deadline)",
+                    "note": f"no decision by the deadline: {on_timeout or 'reject'}ed by default",
+                    "timed_out": True,
+                }
+                break
+            await self._block(_Wait(seq, wake_at=deadline, signal=name))
         if not verdict.get("approved"):
             error = {
                 "type": "ApprovalRejectedError",
@@ -605,10 +653,10 @@ class Context:
             }
             effect = self._intent(seq, tool, key, decision, attempt, "rejected", **who)
             return await self._seal_tool(
-                seq, tool, call, None, error, effect=effect, consume_signal=signal.id
+                seq, tool, call, None, error, effect=effect, consume_signal=consumed
             )
         effect = self._intent(seq, tool, key, decision, attempt + 1, "approved", **who)
-        return await self._make_call(seq, tool, call, key, effect, consume_signal=signal.id)
+        return await self._make_call(seq, tool, call, key, effect, consume_signal=consumed)
 
     async def _recover(
         self, seq: int, tool: ToolDef, call: PreparedCall, key: str, record: EffectRecord | None
@@ -1046,7 +1094,7 @@ class Context:
         if entry is None:
             child_id = run_id or f"{self.run_id}:{seq}"
             args_json = self._app._encode_args(wf, args, kwargs)
-            new = NewRun(child_id, wf.name, args_json, self.run_id, seq)
+            new = NewRun(child_id, wf.name, args_json, self.run_id, seq, self.tags)
             await self._record(
                 seq, "child", wf.name, "waiting", {"run_id": child_id}, None, start_child=new
             )

@@ -16,30 +16,69 @@ from typing import Protocol, runtime_checkable
 
 from .._records import Decision, Effect
 
-__all__ = ["CallFacts", "Policy", "declared", "load_policy", "set_policy_loader"]
+__all__ = [
+    "CallFacts",
+    "Policy",
+    "Ruling",
+    "declared",
+    "load_policy",
+    "set_policy_loader",
+]
+
+# What happens to a call awaiting approval when its deadline passes.
+ON_TIMEOUT = ("reject", "approve")
 
 
 @dataclass(frozen=True, slots=True)
 class CallFacts:
-    """What a policy may look at: the tool, its declaration, and the run's taint."""
+    """What a policy may look at: the tool, its declaration, the run's taint and tags."""
 
     tool: str
     kind: Effect
     blast_radius: str | None
     declared: Decision  # the tool's own ``approval=``
     tainted: bool
+    tags: frozenset[str] = frozenset()
+    # The tool's own approval deadline (seconds) and what then happens.
+    declared_timeout: float | None = None
+    declared_on_timeout: str = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Ruling:
+    """What a policy decides for a call, and why. For ``approve``: how long a person has
+    (``timeout`` seconds; None: no deadline) and what happens then (``on_timeout``:
+    ``reject`` or ``approve``)."""
+
+    decision: Decision
+    source: str  # "rule at policy.toml:4", "the tool's declaration", "the taint rule"
+    reason: str
+    timeout: float | None = None
+    on_timeout: str = "reject"
+
+    def __str__(self) -> str:
+        text = f"{self.decision.value}: {self.source}: {self.reason}"
+        if self.decision is Decision.APPROVE and self.timeout is not None:
+            text += f" (deadline {self.timeout:g} s, then {self.on_timeout})"
+        return text
 
 
 @runtime_checkable
 class Policy(Protocol):
-    def decide(self, facts: CallFacts) -> Decision: ...
+    def explain(self, facts: CallFacts) -> Ruling: ...
 
 
 class _Declared:
     """No policy: each tool's declaration decides."""
 
-    def decide(self, facts: CallFacts) -> Decision:
-        return facts.declared
+    def explain(self, facts: CallFacts) -> Ruling:
+        return Ruling(
+            facts.declared,
+            "the tool's declaration",
+            f"{facts.tool!r} declares approval={facts.declared.value!r}",
+            facts.declared_timeout,
+            facts.declared_on_timeout,
+        )
 
     def __repr__(self) -> str:
         return "<declared policy>"

@@ -61,6 +61,9 @@ class ToolDef:
     # Parameter names when every one may be passed by position and none has a default:
     # positional calls then bind without inspect (the common case, kept cheap).
     simple: tuple[str, ...] | None = None
+    # An approval's deadline in seconds (None: none) and what then happens.
+    approval_timeout: float | None = None
+    on_timeout: str = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ def make_tool(
     backoff: float,
     backoff_max: float,
     timeout: float | None,
+    approval_timeout: float | None = None,
+    on_timeout: str = "reject",
 ) -> ToolDef:
     qualified: str = name or getattr(fn, "__name__", None) or repr(fn)
     try:
@@ -120,6 +125,18 @@ def make_tool(
         raise RegistrationError(
             f"tool {qualified!r}: approval must be one of {known}, not {approval!r}"
         ) from None
+    if approval_timeout is not None and (
+        isinstance(approval_timeout, bool)
+        or not isinstance(approval_timeout, int | float)
+        or not 0 < approval_timeout < float("inf")
+    ):
+        raise RegistrationError(
+            f"tool {qualified!r}: approval_timeout must be seconds > 0, not {approval_timeout!r}"
+        )
+    if on_timeout not in ("reject", "approve"):
+        raise RegistrationError(
+            f"tool {qualified!r}: on_timeout must be 'reject' or 'approve', not {on_timeout!r}"
+        )
     body = make_step(
         fn, qualified, retries=retries, backoff=backoff, backoff_max=backoff_max, timeout=timeout
     )
@@ -177,6 +194,8 @@ def make_tool(
         reconcile_wants_key=reconcile is not None and _accepts_key(reconcile),
         description=inspect.cleandoc(fn.__doc__ or ""),
         simple=simple,
+        approval_timeout=None if approval_timeout is None else float(approval_timeout),
+        on_timeout=on_timeout,
     )
 
 

@@ -8,7 +8,10 @@
     kind = "irreversible"       # read | idempotent | irreversible, or a list of them
     blast_radius = "money"      # a glob over the tool's blast radius
     tainted = true              # only calls in a tainted run (false: only untainted)
+    tags = ["prod"]             # only runs carrying every one of these tags (globs)
     decision = "approve"        # auto | notify | approve | deny
+    timeout = "4h"              # approve only: a person has this long (s, m, h, d) ...
+    on_timeout = "reject"       # ... then the call is rejected (or "approve"d)
     reason = "refunds need a person"
 
 A call no rule matches gets its tool's declaration (``approval=``, default ``auto``). Then
@@ -29,11 +32,25 @@ from typing import Any
 
 from .._errors import ConfigurationError
 from .._records import Decision, Effect
-from ..engine._policy import CallFacts
+from ..engine._policy import ON_TIMEOUT, CallFacts, Ruling
 
-__all__ = ["Explanation", "PolicyError", "PolicyFile", "Rule", "load", "parse"]
+__all__ = ["Explanation", "PolicyError", "PolicyFile", "Rule", "load", "parse", "parse_duration"]
 
-_KEYS = {"tool", "kind", "blast_radius", "tainted", "decision", "reason"}
+_KEYS = {
+    "tool",
+    "kind",
+    "blast_radius",
+    "tainted",
+    "tags",
+    "decision",
+    "timeout",
+    "on_timeout",
+    "reason",
+}
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# What the policy decides for a call, and why (the engine's Ruling).
+Explanation = Ruling
 
 
 class PolicyError(ConfigurationError):
@@ -49,6 +66,9 @@ class Rule:
     kinds: frozenset[Effect] | None = None
     blast_radius: str | None = None
     tainted: bool | None = None
+    tags: tuple[str, ...] = ()
+    timeout: float | None = None
+    on_timeout: str | None = None
     reason: str = ""
     line: int = 0
 
@@ -61,7 +81,9 @@ class Rule:
             facts.blast_radius or "", self.blast_radius
         ):
             return False
-        return self.tainted is None or self.tainted == facts.tainted
+        if self.tainted is not None and self.tainted != facts.tainted:
+            return False
+        return all(any(fnmatch.fnmatchcase(t, want) for t in facts.tags) for want in self.tags)
 
     def describe(self) -> str:
         parts = [f"tool {self.tool!r}"]
@@ -71,19 +93,9 @@ class Rule:
             parts.append(f"blast radius {self.blast_radius!r}")
         if self.tainted is not None:
             parts.append("tainted" if self.tainted else "untainted")
+        if self.tags:
+            parts.append("tags " + ", ".join(repr(t) for t in self.tags))
         return ", ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """What the policy decides for a call, and why."""
-
-    decision: Decision
-    source: str  # "rule at line N", "the tool's declaration", "the taint rule"
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.decision.value}: {self.source}: {self.reason}"
 
 
 class PolicyFile:
@@ -100,27 +112,34 @@ class PolicyFile:
     def decide(self, facts: CallFacts) -> Decision:
         return self.explain(facts).decision
 
-    def explain(self, facts: CallFacts) -> Explanation:
+    def explain(self, facts: CallFacts) -> Ruling:
+        timeout, on_timeout = facts.declared_timeout, facts.declared_on_timeout
         for rule in self.rules:
             if rule.matches(facts):
-                where = f"rule at {self.path}:{rule.line}" if self.path else "a rule"
+                where = f"rule at {self.path}:{rule.line}" if self.path else f"rule {rule.line}"
                 why = rule.reason or f"it matches {rule.describe()}"
-                return Explanation(rule.decision, where, why)
+                if rule.timeout is not None:
+                    timeout = rule.timeout
+                return Ruling(rule.decision, where, why, timeout, rule.on_timeout or on_timeout)
         if (
             facts.kind is Effect.IRREVERSIBLE
             and facts.tainted
             and facts.declared in (Decision.AUTO, Decision.NOTIFY)
         ):
-            return Explanation(
+            return Ruling(
                 Decision.APPROVE,
                 "the taint rule",
                 "an irreversible call in a run that has read untrusted content waits for a "
                 f"person (the tool declares {facts.declared.value})",
+                timeout,
+                on_timeout,
             )
-        return Explanation(
+        return Ruling(
             facts.declared,
             "the tool's declaration",
             f"no rule matches; {facts.tool!r} declares approval={facts.declared.value!r}",
+            timeout,
+            on_timeout,
         )
 
 
@@ -196,15 +215,57 @@ def _rule(entry: Any, where: str, line: int) -> Rule:
             raise PolicyError(f"{where}: {key} must be a string, not {entry[key]!r}")
     if "tainted" in entry and not isinstance(entry["tainted"], bool):
         raise PolicyError(f"{where}: tainted must be true or false, not {entry['tainted']!r}")
+    tags = entry.get("tags", [])
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise PolicyError(f'{where}: tags must be a list of strings, e.g. tags = ["prod"]')
+    timeout = None
+    if "timeout" in entry:
+        try:
+            timeout = parse_duration(entry["timeout"])
+        except ValueError as exc:
+            raise PolicyError(f"{where}: timeout {exc}") from None
+    on_timeout = entry.get("on_timeout")
+    if on_timeout is not None and on_timeout not in ON_TIMEOUT:
+        raise PolicyError(f"{where}: on_timeout {on_timeout!r} is not one of 'reject', 'approve'")
+    if (timeout is not None or on_timeout is not None) and decision is not Decision.APPROVE:
+        key = "timeout" if timeout is not None else "on_timeout"
+        raise PolicyError(
+            f'{where}: {key} goes only with decision = "approve" (a deadline for a person), '
+            f"not with {decision.value!r}"
+        )
     return Rule(
         decision=decision,
         tool=entry.get("tool", "*"),
         kinds=kinds,
         blast_radius=entry.get("blast_radius"),
         tainted=entry.get("tainted"),
+        tags=tuple(tags),
+        timeout=timeout,
+        on_timeout=on_timeout,
         reason=entry.get("reason", ""),
         line=line,
     )
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like "90s", "30m", "4h", "2d" (ValueError if not)."""
+    if isinstance(value, bool):
+        raise ValueError(f'must be seconds or a duration like "30m", not {value!r}')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (
+        match := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+    ):
+        seconds = float(match[1]) * _UNITS[match[2]]
+    else:
+        raise ValueError(
+            f'must be seconds or a duration like "90s", "30m", "4h", "2d", not {value!r}'
+        )
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"must be more than zero seconds, not {value!r}")
+    return seconds
 
 
 def _choice(value: Any, kind: Any, key: str, where: str) -> Any:

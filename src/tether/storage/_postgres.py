@@ -41,6 +41,7 @@ from .._errors import (
     TetherError,
 )
 from .._records import (
+    ApiToken,
     EffectRecord,
     EffectState,
     EntryStatus,
@@ -49,6 +50,7 @@ from .._records import (
     RunState,
     RunStatus,
     Signal,
+    WorkerActivity,
 )
 from . import _procs
 from ._migrations import load_migrations, split_statements
@@ -57,6 +59,7 @@ from ._rows import (
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
+    TOKEN_COLUMNS,
     blob_hash,
     child_run_id_taken,
     effect_from_row,
@@ -71,6 +74,8 @@ from ._rows import (
     run_id_conflict,
     signal_from_row,
     stopped_for,
+    tags_json,
+    token_from_row,
 )
 from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 from ._url import redact_url as _redact
@@ -110,7 +115,7 @@ _SEAL = (
 # A tool call's intent, first written or written again (a call authorized anew).
 _EFFECT_UPSERT = (
     f"INSERT INTO effects ({EFFECT_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
     "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text"
 )
@@ -121,7 +126,8 @@ _INTENT = (
     f"WITH owned AS ({_OWNED}), "
     f"effect AS (INSERT INTO effects ({EFFECT_COLUMNS}) "
     "SELECT %s::text, %s::int, %s::text, %s::text, %s::text, %s::text, %s::text, "
-    "%s::boolean, %s::int, %s::boolean, %s::text, %s::text, %s::float8 FROM owned "
+    "%s::boolean, %s::int, %s::boolean, %s::text, %s::text, %s::float8, %s::float8, "
+    "%s::text FROM owned "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
     "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text RETURNING 1) "
     f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
@@ -535,8 +541,11 @@ class PostgresStore:
     async def _insert_run(conn: Conn, new: NewRun, now: float) -> bool:
         cur = await conn.execute(
             "WITH ins AS (INSERT INTO runs (run_id, workflow, status, args, parent_run_id, "
-            "parent_seq, created_at, updated_at) VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s) "
-            "ON CONFLICT (run_id) DO NOTHING RETURNING workflow) "
+            "parent_seq, created_at, updated_at, tags) "
+            "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO NOTHING RETURNING run_id, workflow), "
+            "tagged AS (INSERT INTO run_tags (tag, run_id) "
+            "SELECT t, ins.run_id FROM ins, unnest(%s::text[]) AS t ON CONFLICT DO NOTHING) "
             "SELECT (SELECT count(pg_notify(%s, 'run:' || workflow)) FROM ins), "
             "(SELECT workflow FROM runs WHERE run_id = %s)",
             (
@@ -547,6 +556,8 @@ class PostgresStore:
                 new.parent_seq,
                 now,
                 now,
+                tags_json(new.tags),
+                list(new.tags),
                 CHANNEL,
                 new.run_id,
             ),
@@ -585,6 +596,7 @@ class PostgresStore:
         *,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
@@ -595,6 +607,9 @@ class PostgresStore:
         if workflow is not None:
             where.append("workflow = %s")
             params.append(workflow)
+        if tag is not None:
+            where.append("run_id IN (SELECT run_id FROM run_tags WHERE tag = %s)")
+            params.append(tag)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(
             f"SELECT {RUN_COLUMNS} FROM runs {clause} "
@@ -662,13 +677,83 @@ class PostgresStore:
         *,
         run_id: str | None = None,
         in_doubt: bool = False,
+        awaiting_approval: bool = False,
         limit: int = 100,
         offset: int = 0,
     ) -> list[EffectRecord]:
-        query = effect_query("%s", run_id=run_id is not None, in_doubt=in_doubt, page=True)
+        query = effect_query(
+            "%s",
+            run_id=run_id is not None,
+            in_doubt=in_doubt,
+            awaiting_approval=awaiting_approval,
+            page=True,
+        )
         params = (run_id,) if run_id is not None else ()
         rows = await self._read(query, (*params, limit, offset))
         return [effect_from_row(row) for row in rows]
+
+    async def count_runs(self) -> dict[str, int]:
+        rows = await self._read("SELECT status, count(*) FROM runs GROUP BY status")
+        return {status: count for status, count in rows}
+
+    async def list_workers(self) -> list[WorkerActivity]:
+        rows = await self._read(
+            "SELECT worker_id, host, pid, started_at, heartbeat_at FROM workers "
+            "ORDER BY started_at, worker_id"
+        )
+        return [WorkerActivity(*row) for row in rows]
+
+    # -- control-plane tokens -----------------------------------------------------------
+    async def create_token(self, token: ApiToken, secret_hash: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}, secret_hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    token.token_id,
+                    token.name,
+                    token.role.value,
+                    token.created_at,
+                    token.created_by,
+                    None,
+                    None,
+                    secret_hash,
+                ),
+            )
+
+        await self._write(op, single=True)
+
+    async def find_token(self, secret_hash: str) -> ApiToken | None:
+        rows = await self._read(
+            f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE secret_hash = %s", (secret_hash,)
+        )
+        return token_from_row(rows[0]) if rows else None
+
+    async def touch_token(self, token_id: str, at: float) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE api_tokens SET last_used_at = %s WHERE token_id = %s", (at, token_id)
+            )
+
+        await self._write(op, single=True)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        rows = await self._read(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at")
+        return [token_from_row(row) for row in rows]
+
+    async def revoke_token(self, token_id: str, at: float) -> ApiToken | None:
+        async def op(conn: Conn) -> ApiToken | None:
+            await conn.execute(
+                "UPDATE api_tokens SET revoked_at = %s WHERE token_id = %s AND revoked_at IS NULL",
+                (at, token_id),
+            )
+            cur = await conn.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_id = %s", (token_id,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else token_from_row(row)
+
+        return await self._write(op)
 
     @staticmethod
     async def _effect(conn: Conn, run_id: str, seq: int) -> EffectRecord | None:

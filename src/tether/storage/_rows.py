@@ -9,12 +9,14 @@ from typing import Any
 
 from .._errors import EffectStateError, LeaseLostError, RunIdConflictError, RunStateError
 from .._records import (
+    ApiToken,
     Decision,
     Effect,
     EffectRecord,
     EffectState,
     EntryStatus,
     JournalEntry,
+    Role,
     Run,
     RunStatus,
     Signal,
@@ -26,6 +28,7 @@ __all__ = [
     "EFFECT_COLUMNS",
     "JOURNAL_COLUMNS",
     "RUN_COLUMNS",
+    "TOKEN_COLUMNS",
     "blob_hash",
     "child_run_id_taken",
     "effect_from_row",
@@ -41,13 +44,17 @@ __all__ = [
     "run_id_conflict",
     "signal_from_row",
     "stopped_for",
+    "tags_json",
+    "token_from_row",
 ]
+
+TOKEN_COLUMNS = "token_id, name, role, created_at, created_by, last_used_at, revoked_at"
 
 # Values whose JSON is longer than this go to the content-addressed blob table.
 BLOB_THRESHOLD = 4096
 RUN_COLUMNS = (
     "run_id, workflow, status, args, result, error, parent_run_id, parent_seq, created_at, "
-    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts"
+    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts, tags"
 )
 JOURNAL_COLUMNS = (
     "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
@@ -58,14 +65,15 @@ JOURNAL_COLUMNS = (
 # The effects table's columns, in effect_params order.
 EFFECT_COLUMNS = (
     "run_id, seq, kind, idempotency_key, blast_radius, approval, decision, tainted, attempt, "
-    "in_doubt, resolution, history, created_at"
+    "in_doubt, resolution, history, created_at, deadline, on_timeout"
 )
 # An effect as the engine and people see it: its intent joined with its journal entry.
 _EFFECT_SELECT = """
 SELECT e.run_id, e.seq, j.name, e.kind, j.status, e.in_doubt, e.resolution,
        e.idempotency_key, COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
        e.blast_radius, e.approval, e.decision, e.tainted, e.attempt, e.history,
-       e.created_at, j.started_at, j.finished_at, j.attempts, r.status
+       e.created_at, j.started_at, j.finished_at, j.attempts, r.status, e.deadline,
+       e.on_timeout
 FROM effects e
 JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
 JOIN runs r ON r.run_id = e.run_id
@@ -75,10 +83,17 @@ LEFT JOIN blobs bo ON bo.hash = j.output_ref
 
 
 def effect_query(
-    mark: str, *, run_id: bool = False, seq: bool = False, in_doubt: bool = False, page: bool
+    mark: str,
+    *,
+    run_id: bool = False,
+    seq: bool = False,
+    in_doubt: bool = False,
+    awaiting_approval: bool = False,
+    page: bool,
 ) -> str:
     """The effects SELECT with the dialect's placeholder ``mark``: filters on run_id (and
-    seq), on being in doubt; in-doubt effects first; LIMIT/OFFSET when ``page``."""
+    seq), on being in doubt, on awaiting approval; in-doubt effects first (awaiting
+    approval: soonest deadline first, then oldest); LIMIT/OFFSET when ``page``."""
     where = []
     if run_id:
         where.append(f"e.run_id = {mark}")
@@ -86,8 +101,15 @@ def effect_query(
         where.append(f"e.seq = {mark}")
     if in_doubt:  # what a person can still act on: not of a run that has ended
         where.append("e.in_doubt = TRUE AND r.status NOT IN ('succeeded', 'failed', 'cancelled')")
+    if awaiting_approval:
+        where.append(
+            "e.attempt = 0 AND j.status = 'waiting' AND e.resolution IS NULL "
+            "AND r.status NOT IN ('succeeded', 'failed', 'cancelled')"
+        )
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     order = "e.seq" if run_id else "e.created_at DESC, e.run_id, e.seq"
+    if awaiting_approval:
+        order = "e.deadline IS NULL, e.deadline, e.created_at, e.run_id, e.seq"
     limit = f" LIMIT {mark} OFFSET {mark}" if page else ""
     return f"{_EFFECT_SELECT} {clause} ORDER BY e.in_doubt DESC, {order}{limit}"
 
@@ -108,6 +130,8 @@ def effect_params(fence: Fence, effect: NewEffect, now: float) -> tuple[Any, ...
         None,
         f"[{effect.event_json}]",
         now,
+        None if effect.deadline is None else float(effect.deadline),
+        effect.on_timeout,
     )
 
 
@@ -149,6 +173,8 @@ def effect_from_row(row: tuple[Any, ...]) -> EffectRecord:
         started_at=row[18],
         finished_at=row[19],
         attempts=row[20],
+        deadline=row[22],
+        on_timeout=row[23],
     )
 
 
@@ -251,6 +277,7 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         lease_expires_at=row[12],
         fence=row[13],
         attempts=row[14],
+        tags=tuple(json.loads(row[15])) if row[15] else (),
     )
 
 
@@ -297,4 +324,20 @@ def run_id_conflict(run_id: str, existing: str, wanted: str) -> RunIdConflictErr
 def child_run_id_taken(run_id: str) -> RunIdConflictError:
     return RunIdConflictError(
         f"run_id {run_id!r} is already taken; a child run needs a new run_id", run_id=run_id
+    )
+
+
+def tags_json(tags: tuple[str, ...]) -> str | None:
+    return json.dumps(list(tags)) if tags else None
+
+
+def token_from_row(row: tuple[Any, ...]) -> ApiToken:
+    return ApiToken(
+        token_id=row[0],
+        name=row[1],
+        role=Role(row[2]),
+        created_at=row[3],
+        created_by=row[4],
+        last_used_at=row[5],
+        revoked_at=row[6],
     )

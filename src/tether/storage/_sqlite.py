@@ -29,6 +29,7 @@ from .._errors import (
     TetherError,
 )
 from .._records import (
+    ApiToken,
     EffectRecord,
     EffectState,
     EntryStatus,
@@ -37,6 +38,7 @@ from .._records import (
     RunState,
     RunStatus,
     Signal,
+    WorkerActivity,
 )
 from . import _procs
 from ._migrations import load_migrations, split_statements
@@ -45,6 +47,7 @@ from ._rows import (
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
+    TOKEN_COLUMNS,
     blob_hash,
     child_run_id_taken,
     effect_from_row,
@@ -59,6 +62,8 @@ from ._rows import (
     run_id_conflict,
     signal_from_row,
     stopped_for,
+    tags_json,
+    token_from_row,
 )
 from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
 
@@ -79,7 +84,7 @@ _OWNED = (
 # The fence check is part of it, as of a plain journal insert.
 _EFFECT_UPSERT = (
     f"INSERT INTO effects ({EFFECT_COLUMNS}) "
-    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
+    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = excluded.attempt, in_doubt = 0, "
     "resolution = NULL, history = json_insert(effects.history, '$[#]', json(?))"
 )
@@ -317,11 +322,25 @@ class SQLiteStore:
     def _insert_run(conn: sqlite3.Connection, new: NewRun, now: float) -> bool:
         cur = conn.execute(
             "INSERT INTO runs (run_id, workflow, status, args, parent_run_id, parent_seq, "
-            "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?) "
+            "created_at, updated_at, tags) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id) DO NOTHING",
-            (new.run_id, new.workflow, new.args_json, new.parent_run_id, new.parent_seq, now, now),
+            (
+                new.run_id,
+                new.workflow,
+                new.args_json,
+                new.parent_run_id,
+                new.parent_seq,
+                now,
+                now,
+                tags_json(new.tags),
+            ),
         )
         if cur.rowcount == 1:
+            if new.tags:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO run_tags (tag, run_id) VALUES (?, ?)",
+                    [(tag, new.run_id) for tag in new.tags],
+                )
             return True
         row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?", (new.run_id,)).fetchone()
         if row[0] != new.workflow:
@@ -343,6 +362,7 @@ class SQLiteStore:
         *,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
@@ -353,6 +373,9 @@ class SQLiteStore:
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
+        if tag is not None:
+            where.append("run_id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
+            params.append(tag)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
             f"SELECT {RUN_COLUMNS} FROM runs {clause} "
@@ -398,10 +421,17 @@ class SQLiteStore:
         *,
         run_id: str | None = None,
         in_doubt: bool = False,
+        awaiting_approval: bool = False,
         limit: int = 100,
         offset: int = 0,
     ) -> list[EffectRecord]:
-        query = effect_query("?", run_id=run_id is not None, in_doubt=in_doubt, page=True)
+        query = effect_query(
+            "?",
+            run_id=run_id is not None,
+            in_doubt=in_doubt,
+            awaiting_approval=awaiting_approval,
+            page=True,
+        )
         params = (run_id,) if run_id is not None else ()
         return [effect_from_row(row) for row in self._read(query, (*params, limit, offset))]
 
@@ -411,6 +441,67 @@ class SQLiteStore:
             effect_query("?", run_id=True, seq=True, page=False), (run_id, seq)
         ).fetchone()
         return None if row is None else effect_from_row(row)
+
+    async def count_runs(self) -> dict[str, int]:
+        rows = self._read("SELECT status, count(*) FROM runs GROUP BY status", ())
+        return {status: count for status, count in rows}
+
+    async def list_workers(self) -> list[WorkerActivity]:
+        rows = self._read(
+            "SELECT worker_id, host, pid, started_at, heartbeat_at FROM workers "
+            "ORDER BY started_at, worker_id",
+            (),
+        )
+        return [WorkerActivity(*row) for row in rows]
+
+    # -- control-plane tokens -----------------------------------------------------------
+    async def create_token(self, token: ApiToken, secret_hash: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                f"INSERT INTO api_tokens ({TOKEN_COLUMNS}, secret_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.token_id,
+                    token.name,
+                    token.role.value,
+                    token.created_at,
+                    token.created_by,
+                    None,
+                    None,
+                    secret_hash,
+                ),
+            )
+        )
+
+    async def find_token(self, secret_hash: str) -> ApiToken | None:
+        rows = self._read(
+            f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE secret_hash = ?", (secret_hash,)
+        )
+        return token_from_row(rows[0]) if rows else None
+
+    async def touch_token(self, token_id: str, at: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE api_tokens SET last_used_at = ? WHERE token_id = ?", (at, token_id)
+            )
+        )
+
+    async def list_tokens(self) -> list[ApiToken]:
+        rows = self._read(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at", ())
+        return [token_from_row(row) for row in rows]
+
+    async def revoke_token(self, token_id: str, at: float) -> ApiToken | None:
+        def op(conn: sqlite3.Connection) -> ApiToken | None:
+            conn.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+                (at, token_id),
+            )
+            row = conn.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            return None if row is None else token_from_row(row)
+
+        return await self._write(op)
 
     # -- commands -----------------------------------------------------------------------
     async def resolve_effect(

@@ -12,7 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._records import EffectRecord, JournalEntry, Run, RunState, RunStatus, Signal
+from .._records import (
+    ApiToken,
+    EffectRecord,
+    JournalEntry,
+    Run,
+    RunState,
+    RunStatus,
+    Signal,
+    WorkerActivity,
+)
 
 __all__ = [
     "EventHandler",
@@ -45,6 +54,7 @@ class NewRun:
     args_json: str
     parent_run_id: str | None = None
     parent_seq: int | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)  # not frozen: built on every durable call, and frozen costs there
@@ -88,6 +98,8 @@ class NewEffect:
     tainted: bool
     attempt: int
     event_json: str  # one JSON object, appended to the effect's history
+    deadline: float | None = None  # an approval's deadline (first write only)
+    on_timeout: str | None = None  # approve | reject, when the deadline passes
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +151,21 @@ class Store(Protocol):
         *,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[Run]: ...
+    ) -> list[Run]:
+        """Runs, newest first; with ``tag``, those started with that tag."""
+        ...
+
+    async def count_runs(self) -> dict[str, int]:
+        """How many runs are in each status (statuses with none are left out)."""
+        ...
+
+    async def list_workers(self) -> list[WorkerActivity]:
+        """The registered workers (``runs`` left empty), oldest first."""
+        ...
+
     async def list_entries(self, run_id: str) -> list[JournalEntry]: ...
     async def list_signals(self, run_id: str) -> list[Signal]:
         """The run's mailbox: its unconsumed signals, oldest first."""
@@ -156,11 +180,22 @@ class Store(Protocol):
         *,
         run_id: str | None = None,
         in_doubt: bool = False,
+        awaiting_approval: bool = False,
         limit: int = 100,
         offset: int = 0,
     ) -> list[EffectRecord]:
         """The effect log, in-doubt effects first; of one run in seq order, else newest
-        first."""
+        first. ``awaiting_approval``: only calls awaiting a person's approval, of runs
+        that have not ended, soonest deadline first, then oldest."""
+        ...
+
+    # -- control-plane tokens (only the SHA-256 of a secret is stored) -------------------
+    async def create_token(self, token: ApiToken, secret_hash: str) -> None: ...
+    async def find_token(self, secret_hash: str) -> ApiToken | None: ...
+    async def touch_token(self, token_id: str, at: float) -> None: ...
+    async def list_tokens(self) -> list[ApiToken]: ...
+    async def revoke_token(self, token_id: str, at: float) -> ApiToken | None:
+        """Revoke the token (once; a second revoke keeps the first time); None if unknown."""
         ...
 
     # -- commands from outside a run ---------------------------------------------------
