@@ -55,8 +55,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
-    "ApiToken",
     "AgentResult",
+    "ApiToken",
     "App",
     "ApprovalRejectedError",
     "AttentionItem",
@@ -81,8 +81,8 @@ __all__ = [
     "NotAttempted",
     "NotDone",
     "NotInWorkflowError",
-    "Overview",
     "OutcomeUnknown",
+    "Overview",
     "RegistrationError",
     "Role",
     "Run",

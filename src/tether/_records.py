@@ -15,11 +15,11 @@ __all__ = [
     "EffectState",
     "EntryStatus",
     "JournalEntry",
+    "Overview",
+    "Role",
     "Run",
     "RunState",
     "RunStatus",
-    "Overview",
-    "Role",
     "Signal",
     "WorkerActivity",
 ]

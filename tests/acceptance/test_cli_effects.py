@@ -42,10 +42,11 @@ VIEW_KEYS = {
     "run_id", "seq", "tool", "kind", "state", "in_doubt", "idempotency_key", "args", "result",
     "error", "blast_radius", "approval", "decision", "tainted", "attempt", "resolution",
     "history", "created_at", "started_at", "finished_at", "duration_ms", "attempts",
+    "deadline", "on_timeout",
 }  # fmt: skip
 EVENT_EFFECT_KEYS = {
     "kind", "state", "idempotency_key", "attempt", "decision", "resolution", "history",
-    "tainted", "blast_radius",
+    "tainted", "blast_radius", "deadline", "on_timeout",
 }  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import pytest
 from tether import App, Decision, Effect
 from tether.engine._policy import CallFacts
 from tether.guard import PolicyError, load, parse
+from tether.guard._policy import parse_duration
 
 POLICY = """\
 # payments need a person; reads of the web are fine
@@ -30,8 +31,37 @@ decision = "deny"
 
 
 def facts(tool: str, kind: Effect, *, tainted: bool = False, radius: str | None = None,
-          declared: Decision = Decision.AUTO) -> CallFacts:  # fmt: skip
-    return CallFacts(tool, kind, radius, declared, tainted)
+          declared: Decision = Decision.AUTO, tags: tuple[str, ...] = (),
+          timeout: float | None = None) -> CallFacts:  # fmt: skip
+    return CallFacts(tool, kind, radius, declared, tainted, frozenset(tags), timeout)
+
+
+def test_tag_rules_match_runs_carrying_every_listed_tag() -> None:
+    policy = parse(
+        '[[rule]]\ntags = ["prod", "tenant:*"]\ndecision = "approve"\n'
+        '[[rule]]\ntags = "prod"\ndecision = "notify"\n'
+    )
+    both = facts("send", Effect.IRREVERSIBLE, tags=("tenant:acme", "prod"))
+    assert policy.explain(both).decision is Decision.APPROVE
+    assert "tags 'prod', 'tenant:*'" in policy.explain(both).reason
+    assert policy.decide(facts("send", Effect.READ, tags=("prod",))) is Decision.NOTIFY
+    assert policy.decide(facts("send", Effect.READ, tags=("dev",))) is Decision.AUTO
+
+
+def test_deadlines_come_from_the_rule_else_from_the_tool() -> None:
+    policy = parse(
+        '[[rule]]\ntool = "wire"\ndecision = "approve"\ntimeout = "4h"\n'
+        'on_timeout = "approve"\n[[rule]]\ntool = "refund"\ndecision = "approve"\n'
+    )
+    wire = policy.explain(facts("wire", Effect.IRREVERSIBLE, timeout=60))
+    assert (wire.timeout, wire.on_timeout) == (4 * 3600, "approve")
+    assert str(wire).endswith("(deadline 14400 s, then approve)")
+    refund = policy.explain(facts("refund", Effect.IRREVERSIBLE, timeout=60))
+    assert (refund.timeout, refund.on_timeout) == (60, "reject")  # the tool's own
+    none = policy.explain(facts("refund", Effect.IRREVERSIBLE))
+    assert none.timeout is None
+    for text, seconds in (("90s", 90), ("30m", 1800), ("1.5h", 5400), ("2d", 172800), (7, 7)):
+        assert parse_duration(text) == seconds
 
 
 def test_the_first_matching_rule_decides_and_says_where_it_is() -> None:
@@ -78,6 +108,14 @@ def test_the_taint_rule_holds_irreversible_calls_of_tainted_runs_for_a_person() 
         ('[rules]\ndecision = "auto"\n', "unknown section 'rules'"),
         ('[[rule]\ndecision = "auto"\n', "policy.toml:1: not valid TOML"),
         ('rule = 3\n', "'rule' must be an array of tables"),
+        ('[[rule]]\ndecision = "auto"\ntags = [1]\n', "tags must be a list of strings"),
+        ('[[rule]]\ndecision = "approve"\ntimeout = "soon"\n',
+         'policy.toml:1: timeout must be seconds or a duration like "90s"'),
+        ('[[rule]]\ndecision = "approve"\ntimeout = -5\n', "must be more than zero seconds"),
+        ('[[rule]]\ndecision = "approve"\non_timeout = "escalate"\n',
+         "on_timeout 'escalate' is not one of 'reject', 'approve'"),
+        ('[[rule]]\ndecision = "auto"\ntimeout = "1h"\n',
+         'timeout goes only with decision = "approve"'),
     ],
 )  # fmt: skip
 def test_a_malformed_policy_is_rejected_with_its_line_and_problem(

@@ -638,7 +638,9 @@ class Context:
                 verdict = {"approved": on_timeout == "approve"}
                 who = {
                     "by": "tether (deadline)",
-                    "note": f"no decision by the deadline: {on_timeout or 'reject'}ed by default",
+                    "note": "no decision by the deadline: "
+                    + ("approved" if on_timeout == "approve" else "rejected")
+                    + " by default",
                     "timed_out": True,
                 }
                 break

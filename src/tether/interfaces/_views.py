@@ -17,16 +17,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .._records import EffectRecord, JournalEntry, Run
+from .._records import ApiToken, AttentionItem, EffectRecord, JournalEntry, Overview, Run
 
 __all__ = [
     "EVENT_EFFECT_KEYS",
+    "attention_view",
     "duration_ms",
     "effect_view",
     "entry_view",
     "iso_time",
+    "overview_view",
     "run_detail",
     "run_summary",
+    "token_view",
 ]
 
 # What a tool event of ``tether show --json`` says about its effect.
@@ -40,6 +43,8 @@ EVENT_EFFECT_KEYS = (
     "history",
     "tainted",
     "blast_radius",
+    "deadline",
+    "on_timeout",
 )
 
 
@@ -68,6 +73,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "updated_at": iso_time(run.updated_at),
         "wake_at": iso_time(run.wake_at),
         "attempts": run.attempts,
+        "tags": list(run.tags),
     }
 
 
@@ -124,6 +130,8 @@ def effect_view(effect: EffectRecord) -> dict[str, Any]:
         "finished_at": iso_time(effect.finished_at),
         "duration_ms": duration_ms(effect),
         "attempts": effect.attempts,
+        "deadline": iso_time(effect.deadline),
+        "on_timeout": effect.on_timeout,
     }
 
 
@@ -145,3 +153,53 @@ def run_detail(
         events.append(event)
     detail["events"] = events
     return detail
+
+
+def attention_view(item: AttentionItem) -> dict[str, Any]:
+    """One thing that needs a person, on the roll-up."""
+    return {
+        "kind": item.kind,
+        "rank": item.rank,
+        "run_id": item.run_id,
+        "workflow": item.workflow,
+        "title": item.title,
+        "since": iso_time(item.since),
+        "seq": item.seq,
+        "tool": item.tool,
+        "deadline": iso_time(item.deadline),
+        "action": item.action,
+    }
+
+
+def overview_view(overview: Overview) -> dict[str, Any]:
+    """The roll-up (``tether overview --json``, ``GET /api/v1/overview``)."""
+    return {
+        "at": iso_time(overview.at),
+        "counts": dict(overview.counts),
+        "attention": [attention_view(item) for item in overview.attention],
+        "workers": [
+            {
+                "worker_id": w.worker_id,
+                "host": w.host,
+                "pid": w.pid,
+                "started_at": iso_time(w.started_at),
+                "heartbeat_at": iso_time(w.heartbeat_at),
+                "runs": [run_summary(run) for run in w.runs],
+            }
+            for w in overview.workers
+        ],
+    }
+
+
+def token_view(token: ApiToken) -> dict[str, Any]:
+    """A control-plane token, without its secret (which is never stored)."""
+    return {
+        "token_id": token.token_id,
+        "name": token.name,
+        "role": token.role.value,
+        "active": token.active,
+        "created_at": iso_time(token.created_at),
+        "created_by": token.created_by,
+        "last_used_at": iso_time(token.last_used_at),
+        "revoked_at": iso_time(token.revoked_at),
+    }

@@ -38,6 +38,7 @@ from ..engine import App
 from ..storage import redact_url
 from ._render import effects_table, preview, run_report, runs_table
 from ._views import effect_view, run_detail, run_summary
+from .http._cli import serve as serve_command
 
 __all__ = ["CommandError", "cli", "main"]
 
@@ -141,6 +142,7 @@ def runs(
     workflow: Annotated[
         str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
     ] = None,
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only runs with this tag.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
@@ -150,7 +152,7 @@ def runs(
         raise CommandError(f"--limit must be at least 1, not {limit}", USAGE)
 
     async def query(app: App) -> list[Run]:
-        return await app.list_runs(status=wanted, workflow=workflow, limit=limit)
+        return await app.list_runs(status=wanted, workflow=workflow, tag=tag, limit=limit)
 
     found = _query(ctx, query)
     if as_json:
@@ -158,6 +160,7 @@ def runs(
     elif not found:
         filters = [f"status {wanted.value}"] if wanted else []
         filters += [f"workflow {workflow!r}"] if workflow else []
+        filters += [f"tag {tag!r}"] if tag else []
         out.print("no runs" + (f" with {' and '.join(filters)}" if filters else ""), markup=False)
     else:
         out.print(runs_table(found))
@@ -739,6 +742,9 @@ def demo(ctx: typer.Context) -> None:
         raise typer.Exit(code)
 
 
+cli.command("serve")(serve_command)  # the HTTP API and web UI (interfaces/http)
+
+
 # -- entry point --------------------------------------------------------------------------
 def describe(exc: TetherError) -> str:
     """One line for an error, with what to do next."""
@@ -761,3 +767,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.message, exc.exit_code)
     except TetherError as exc:
         _fail(describe(exc), 1)
+
+
+from . import _cli_control  # noqa: E402, F401  (registers overview, approvals, token, policy)
