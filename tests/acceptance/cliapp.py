@@ -82,6 +82,19 @@ def build_app(database_url: str | None = None) -> App:
         except ApprovalRejectedError as exc:
             return {"wired": 0, "rejected": str(exc)}
 
+    # Waits at most two seconds for a person, then is rejected by default.
+    @app.tool(effect=Effect.IRREVERSIBLE, approval=Decision.APPROVE, approval_timeout=2.0)
+    def wire_soon(amount: int) -> dict[str, Any]:
+        """Wire money; unless a person approves within two seconds, it is not wired."""
+        return {"wired": amount}
+
+    @app.workflow
+    async def pay_soon(ctx: Context, amount: int) -> dict[str, Any]:
+        try:
+            return await wire_soon(amount)
+        except ApprovalRejectedError as exc:
+            return {"wired": 0, "rejected": str(exc)}
+
     @app.workflow
     async def pay_twice(ctx: Context, amount: int) -> list[dict[str, Any]]:
         return list(await asyncio.gather(wire_money(amount), wire_money(amount + 1)))

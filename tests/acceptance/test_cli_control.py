@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,28 @@ def test_the_inbox_and_the_roll_up_list_waiting_calls_until_approved(
     assert wait_status(db_url, "p1", RunStatus.SUCCEEDED).result == {"wired": 120}
     assert tether("approvals", "--json", env=env).stdout.strip() == "[]"
     assert json.loads(tether("overview", "--json", env=env).stdout)["attention"] == []
+
+
+def test_a_deadline_passed_while_the_worker_was_killed_is_applied_once_on_resume(
+    db_url: str, env: dict[str, str]
+) -> None:
+    with worker_process(env) as first:
+        start(db_url, "pay_soon", 50, "s1")
+        wait_status(db_url, "s1", RunStatus.WAITING)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    time.sleep(2.5)  # the deadline passes with no worker alive
+    listed = json.loads(tether("approvals", "--json", env=env).stdout)
+    assert [(r["run_id"], r["state"]) for r in listed] == [("s1", "awaiting_approval")]
+    with worker_process(env):
+        done = wait_status(db_url, "s1", RunStatus.SUCCEEDED)
+    assert done.result["wired"] == 0
+    assert "tether (deadline) rejected" in done.result["rejected"]
+    effect = json.loads(tether("effects", "s1", "--json", env=env).stdout)[0]
+    assert [e["event"] for e in effect["history"]] == ["approval_requested", "rejected"]
+    assert effect["attempt"] == 0 and effect["state"] == "failed"  # never authorized
+    refused = tether("approve", "s1", "1", env=env)  # too late: the default was taken
+    assert_one_line_error(refused, 1, "not awaiting approval")
 
 
 def test_runs_filter_on_tags(db_url: str, env: dict[str, str]) -> None:
