@@ -87,7 +87,11 @@ def test_a_deadline_passed_while_the_worker_was_killed_is_applied_once_on_resume
     assert done.result["wired"] == 0
     assert "tether (deadline) rejected" in done.result["rejected"]
     effect = json.loads(tether("effects", "s1", "--json", env=env).stdout)[0]
-    assert [e["event"] for e in effect["history"]] == ["approval_requested", "rejected"]
+    assert [e["event"] for e in effect["history"]] == [
+        "approval_requested",
+        "rejection",
+        "rejected",
+    ]
     assert effect["attempt"] == 0 and effect["state"] == "failed"  # never authorized
     refused = tether("approve", "s1", "1", env=env)  # too late: the default was taken
     assert_one_line_error(refused, 1, "not awaiting approval")

@@ -19,6 +19,7 @@ from tether import (
     Decision,
     Effect,
     EffectState,
+    EffectStateError,
     RegistrationError,
     Role,
     RunStatus,
@@ -172,7 +173,11 @@ async def test_no_decision_by_the_deadline_approves_when_so_declared(db_url: str
         handle = await app.start("replenish", "bolts", run_id="r1")
         assert await handle.result(timeout=30) == "restocked bolts"
         effect = await app.get_effect("r1", 1)
-        assert [e["event"] for e in effect.history] == ["approval_requested", "approved"]
+        assert [e["event"] for e in effect.history] == [
+            "approval_requested",
+            "approval",
+            "approved",
+        ]
         assert effect.history[-1]["by"] == "tether (deadline)"
         assert calls == ["restock bolts"]
 
@@ -211,6 +216,36 @@ async def test_a_deadline_that_passed_while_no_worker_ran_is_applied_on_resume(
         result = await again.handle("w3").result(timeout=30)
         assert result.startswith("not wired")
     assert calls == []
+
+
+async def test_a_decision_made_in_time_wins_even_if_no_worker_ran_until_after_the_deadline(
+    db_url: str,
+) -> None:
+    calls: list[str] = []
+    app = build(db_url, calls)
+    async with app:
+        await app.start("pay_by_wire", "o-5", run_id="w5")
+        await wait_effect(app, "w5", 1, EffectState.AWAITING_APPROVAL)
+        await wait_status(app, "w5", RunStatus.WAITING)
+    desk = build(db_url, calls)  # a person's desk: no worker runs here
+    await desk.open(worker=False)
+    try:
+        await desk.approve("w5", 1, by="alice", note="in time")
+    finally:
+        await desk.close()
+    await asyncio.sleep(0.8)  # the deadline passes before any worker sees the approval
+    again = build(db_url, calls)
+    async with again:
+        assert await again.handle("w5").result(timeout=30) == "wired o-5"
+        effect = await again.get_effect("w5", 1)
+        assert [e["event"] for e in effect.history] == [
+            "approval_requested",
+            "approval",
+            "approved",
+        ]
+        with pytest.raises(EffectStateError, match="not awaiting approval"):
+            await again.approve("w5", 1, approved=False)
+    assert calls == ["wire o-5"]
 
 
 async def test_a_policy_deadline_overrides_the_tools(db_url: str, tmp_path: Path) -> None:

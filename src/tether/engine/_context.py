@@ -29,6 +29,7 @@ from .._errors import (
     ChildRunFailedError,
     EffectAbortedError,
     EffectInDoubtError,
+    EffectStateError,
     LeaseLostError,
     NondeterminismError,
     NotAttempted,
@@ -618,33 +619,20 @@ class Context:
         ``deadline`` (if any), take ``on_timeout`` (reject or approve) instead."""
         name = approval_signal(seq)
         attempt = 0
-        consumed: int | None = None
         while True:
             signal = self._find_signal(name)
             if signal is not None:
-                self._taken.add(signal.id)
-                consumed = signal.id
-                verdict = signal.value if isinstance(signal.value, dict) else {}
-                who = {"by": verdict.get("by"), "note": verdict.get("note")}
                 break
             if deadline is not None and time.time() >= deadline:
-                # A decision sent from another process may not be in the mailbox yet.
-                try:
-                    self._mailbox = await self._store.list_signals(self.run_id)
-                except StorageError:
-                    raise self._exit(Abandon()) from None
-                if self._find_signal(name) is not None:
-                    continue
-                verdict = {"approved": on_timeout == "approve"}
-                who = {
-                    "by": "tether (deadline)",
-                    "note": "no decision by the deadline: "
-                    + ("approved" if on_timeout == "approve" else "rejected")
-                    + " by default",
-                    "timed_out": True,
-                }
-                break
+                await self._decide_by_default(seq, name, on_timeout)
+                continue
             await self._block(_Wait(seq, wake_at=deadline, signal=name))
+        self._taken.add(signal.id)
+        consumed = signal.id
+        verdict = signal.value if isinstance(signal.value, dict) else {}
+        who = {"by": verdict.get("by"), "note": verdict.get("note")}
+        if verdict.get("timed_out"):
+            who["timed_out"] = True
         if not verdict.get("approved"):
             error = {
                 "type": "ApprovalRejectedError",
@@ -659,6 +647,39 @@ class Context:
             )
         effect = self._intent(seq, tool, key, decision, attempt + 1, "approved", **who)
         return await self._make_call(seq, tool, call, key, effect, consume_signal=consumed)
+
+    async def _decide_by_default(self, seq: int, name: str, on_timeout: str | None) -> None:
+        """The deadline passed: record the default as the decision, through the same
+        store command a person's decision takes, so exactly one of them wins (a person's
+        that came first makes this one fail). Then the mailbox holds the winner."""
+        approved = on_timeout == "approve"
+        verdict = {
+            "approved": approved,
+            "by": "tether (deadline)",
+            "note": f"no decision by the deadline: {'approved' if approved else 'rejected'} "
+            "by default",
+            "timed_out": True,
+            "at": time.time(),
+        }
+        event = {"event": "approval" if approved else "rejection"} | verdict
+        try:
+            await self._store.decide_approval(
+                self.run_id,
+                seq,
+                dumps(verdict | {"action": "approve" if approved else "reject"}, what="approval"),
+                dumps(event, what="approval"),
+                name,
+            )
+        except EffectStateError:
+            pass  # decided already (a person, or another worker at the same deadline)
+        except StorageError:
+            raise self._exit(Abandon()) from None
+        try:
+            self._mailbox = await self._store.list_signals(self.run_id)
+        except StorageError:
+            raise self._exit(Abandon()) from None
+        if self._find_signal(name) is None:  # the run ended meanwhile (cancelled)
+            raise self._exit(Abandon())
 
     async def _recover(
         self, seq: int, tool: ToolDef, call: PreparedCall, key: str, record: EffectRecord | None
