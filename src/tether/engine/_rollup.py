@@ -90,15 +90,34 @@ def attention_for_run(run: Run) -> AttentionItem | None:
         kind, action = "nondeterminism", f"tether show {run_arg}  (deploy the code it ran with)"
     else:
         kind, action = "attention", f"tether show {run_arg}"
+    if kind == "budget":
+        spent, budget = error.get("spent") or {}, error.get("budget") or {}
+        limits = []
+        if budget.get("tokens") is not None:
+            limits.append(f"{budget['tokens']} tokens")
+        if budget.get("cost_usd") is not None:
+            limits.append(f"${budget['cost_usd']:g}")
+        first_line = (
+            f"the agent reached its budget of {' and '.join(limits) or 'its limit'}: it spent "
+            f"{spent.get('tokens', 0)} tokens and ${spent.get('cost_usd', 0.0):.4f}"
+        )
     return AttentionItem(
         kind=kind,
         rank=_RANK[kind],
         run_id=run.run_id,
         workflow=run.workflow,
-        title=first_line[:200],
+        title=_shorten(first_line),
         since=run.updated_at,
         action=action,
     )
+
+
+def _shorten(text: str, width: int = 200) -> str:
+    """At most ``width`` characters, cut at a word with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
 
 
 async def build_overview(store: Store, *, limit: int = 50, now: float | None = None) -> Overview:
