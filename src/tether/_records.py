@@ -121,6 +121,10 @@ class Run:
     fence: int = 0
     attempts: int = 0
     tags: tuple[str, ...] = ()  # labels given at start (app.start(tags=)), inherited by children
+    # A fork: the run it was made from, and the seq its own journal starts at (below it,
+    # the journal is the origin's, shared by reference).
+    forked_from: str | None = None
+    fork_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

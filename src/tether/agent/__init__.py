@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import _fork  # noqa: F401  (registers the check of a replaced model answer)
 from ._agent import Agent, AgentResult, Budget, MaxTurnsError
 from ._conversation import load_request
 from ._messages import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage

@@ -40,7 +40,7 @@ from .._records import (
 )
 from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
-from . import _tokens
+from . import _fork, _tokens
 from ._context import BUDGET_SIGNAL, approval_signal
 from ._functions import Step, Tool, Workflow
 from ._policy import Policy, load_policy
@@ -514,6 +514,30 @@ class App:
         if created:
             self._wake_worker()
         return RunHandle(self, run_id, definition)
+
+    async def fork(
+        self,
+        origin: str,
+        at_seq: int,
+        /,
+        replace: Any = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunHandle[Any]:
+        """A new run from ``origin`` at journal position ``at_seq``: it shares the origin's
+        entries below ``at_seq`` by reference (nothing is copied, nothing in them runs
+        again) and continues from there. With ``replace`` (JSON data), the entry at
+        ``at_seq`` is recorded with that output instead (a different model answer, say)
+        and the fork continues after it. Effects after the fork point are new calls with
+        new idempotency keys, decided by the policy anew. Idempotent on ``run_id``."""
+        if run_id is not None:
+            _check_text("run_id", run_id)
+        await self._ensure_open()
+        run = await _fork.fork(
+            self, origin, at_seq, replace=replace, replacing=replace is not None, run_id=run_id
+        )
+        self._wake_worker()
+        return RunHandle(self, run.run_id, self._workflows.get(run.workflow))
 
     def handle(self, run_id: str) -> RunHandle[Any]:
         return RunHandle(self, run_id, None)

@@ -74,6 +74,8 @@ def run_summary(run: Run) -> dict[str, Any]:
         "wake_at": iso_time(run.wake_at),
         "attempts": run.attempts,
         "tags": list(run.tags),
+        "forked_from": run.forked_from,
+        "fork_seq": run.fork_seq,
     }
 
 

@@ -70,6 +70,7 @@ from ._rows import (
     has_blob,
     journal_params,
     lease_lost,
+    lineage_query,
     run_from_row,
     run_id_conflict,
     signal_from_row,
@@ -158,15 +159,19 @@ _APPEND_MANY = (
     "WHERE r.run_id = v.run_id OFFSET 0 FOR SHARE) o WHERE o.lease_owner = v.worker_id "
     f"AND o.fence = v.fence AND o.status = 'running') {_SEAL} RETURNING run_id, seq"
 )
-_ENTRY_SELECT = """
-SELECT j.run_id, j.seq, j.kind, j.name, j.status,
+_ENTRY_COLUMNS = """j.run_id, j.seq, j.kind, j.name, j.status,
        COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
-       j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery, j.after_seq
+       j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery, j.after_seq"""
+_ENTRY_SELECT = f"""
+SELECT {_ENTRY_COLUMNS}
 FROM journal j
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
 WHERE j.run_id = %s ORDER BY j.seq
 """
+# The journal of a fork: its origin's entries below the fork point, then its own.
+_LINEAGE_SELECT = lineage_query("%s", _ENTRY_COLUMNS)
+
 # Options of ours in the URL's query string; everything else goes to libpq.
 _OPTIONS = {"pool_size": 10, "pool_timeout": 10.0}
 
@@ -541,8 +546,8 @@ class PostgresStore:
     async def _insert_run(conn: Conn, new: NewRun, now: float) -> bool:
         cur = await conn.execute(
             "WITH ins AS (INSERT INTO runs (run_id, workflow, status, args, parent_run_id, "
-            "parent_seq, created_at, updated_at, tags) "
-            "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s) "
+            "parent_seq, created_at, updated_at, tags, forked_from, fork_seq) "
+            "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id) DO NOTHING RETURNING run_id, workflow), "
             "tagged AS (INSERT INTO run_tags (tag, run_id) "
             "SELECT t, ins.run_id FROM ins, unnest(%s::text[]) AS t ON CONFLICT DO NOTHING) "
@@ -557,6 +562,8 @@ class PostgresStore:
                 now,
                 now,
                 tags_json(new.tags),
+                new.forked_from,
+                new.fork_seq,
                 list(new.tags),
                 CHANNEL,
                 new.run_id,
@@ -583,6 +590,25 @@ class PostgresStore:
         created = await self._write(
             lambda conn: self._insert_run(conn, new, time.time()), single=True
         )
+        run = await self.get_run(new.run_id)
+        assert run is not None
+        return run, created
+
+    async def create_fork(self, new: NewRun, replaced: NewEntry | None) -> tuple[Run, bool]:
+        async def op(conn: Conn) -> bool:
+            if not await self._insert_run(conn, new, time.time()):
+                return False
+            if replaced is not None:
+                values = (*await self._value(conn, replaced.input_json),
+                          *await self._value(conn, replaced.output_json))  # fmt: skip
+                await conn.execute(
+                    f"INSERT INTO journal ({JOURNAL_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    journal_params(Fence(new.run_id, "", 0), replaced, values),
+                )
+            return True
+
+        created = await self._write(op)
         run = await self.get_run(new.run_id)
         assert run is not None
         return run, created
@@ -619,7 +645,8 @@ class PostgresStore:
         return [run_from_row(row) for row in rows]
 
     async def list_entries(self, run_id: str) -> list[JournalEntry]:
-        return [entry_from_row(row) for row in await self._read(_ENTRY_SELECT, (run_id,))]
+        rows = await self._read(_LINEAGE_SELECT, (run_id, run_id))
+        return [entry_from_row(row) for row in rows]
 
     async def list_signals(self, run_id: str) -> list[Signal]:
         rows = await self._read(
@@ -648,6 +675,9 @@ class PostgresStore:
                 if row is None:
                     raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
                 run = run_from_row(row)
+                if run.forked_from is not None:  # its origin's prefix too
+                    cur = await conn.execute(_LINEAGE_SELECT.encode(), (run_id, run_id))
+                    entry_rows = await cur.fetchall()
                 entries = {r[1]: entry_from_row(r) for r in entry_rows}
                 signals = [signal_from_row(run_id, r) for r in signal_rows]
                 children: dict[str, Run] = {}

@@ -40,6 +40,7 @@ __all__ = [
     "journal_params",
     "json_or_none",
     "lease_lost",
+    "lineage_query",
     "run_from_row",
     "run_id_conflict",
     "signal_from_row",
@@ -54,7 +55,8 @@ TOKEN_COLUMNS = "token_id, name, role, created_at, created_by, last_used_at, rev
 BLOB_THRESHOLD = 4096
 RUN_COLUMNS = (
     "run_id, workflow, status, args, result, error, parent_run_id, parent_seq, created_at, "
-    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts, tags"
+    "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts, tags, forked_from, "
+    "fork_seq"
 )
 JOURNAL_COLUMNS = (
     "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
@@ -278,6 +280,8 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         fence=row[13],
         attempts=row[14],
         tags=tuple(json.loads(row[15])) if row[15] else (),
+        forked_from=row[16],
+        fork_seq=row[17],
     )
 
 
@@ -325,6 +329,31 @@ def child_run_id_taken(run_id: str) -> RunIdConflictError:
     return RunIdConflictError(
         f"run_id {run_id!r} is already taken; a child run needs a new run_id", run_id=run_id
     )
+
+
+def lineage_query(mark: str, entry_columns: str) -> str:
+    """The journal of a fork: each ancestor's entries below the position the chain forked
+    at (the nearest fork point going up), then the run's own entries; one query, with the
+    dialect's placeholder ``mark`` for the run_id (twice). ``entry_columns`` selects from
+    ``j`` (journal), ``bi`` and ``bo`` (its blobs)."""
+    return f"""
+WITH RECURSIVE chain(run_id, upto) AS (
+    SELECT forked_from, fork_seq FROM runs WHERE run_id = {mark} AND forked_from IS NOT NULL
+    UNION ALL
+    SELECT r.forked_from, CASE WHEN r.fork_seq < c.upto THEN r.fork_seq ELSE c.upto END
+    FROM runs r JOIN chain c ON r.run_id = c.run_id WHERE r.forked_from IS NOT NULL
+)
+SELECT {entry_columns} FROM chain c
+JOIN journal j ON j.run_id = c.run_id AND j.seq < c.upto
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref
+UNION ALL
+SELECT {entry_columns} FROM journal j
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref
+WHERE j.run_id = {mark}
+ORDER BY 2
+"""
 
 
 def tags_json(tags: tuple[str, ...]) -> str | None:

@@ -58,6 +58,7 @@ from ._rows import (
     has_blob,
     journal_params,
     lease_lost,
+    lineage_query,
     run_from_row,
     run_id_conflict,
     signal_from_row,
@@ -95,16 +96,19 @@ _SEAL_IN_PLACE = (
 )
 _APPEND_EVENT = "history = json_insert(history, '$[#]', json(?))"
 
-_ENTRY_SELECT = """
-SELECT j.run_id, j.seq, j.kind, j.name, j.status,
+_ENTRY_COLUMNS = """j.run_id, j.seq, j.kind, j.name, j.status,
        COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
        j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery,
-       j.after_seq
+       j.after_seq"""
+_ENTRY_SELECT = f"""
+SELECT {_ENTRY_COLUMNS}
 FROM journal j
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
 WHERE j.run_id = ? ORDER BY j.seq
 """
+# The journal of a fork: its origin's entries below the fork point, then its own.
+_LINEAGE_SELECT = lineage_query("?", _ENTRY_COLUMNS)
 
 
 def parse_sqlite_url(url: str) -> tuple[str, str]:
@@ -322,8 +326,8 @@ class SQLiteStore:
     def _insert_run(conn: sqlite3.Connection, new: NewRun, now: float) -> bool:
         cur = conn.execute(
             "INSERT INTO runs (run_id, workflow, status, args, parent_run_id, parent_seq, "
-            "created_at, updated_at, tags) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (run_id) DO NOTHING",
+            "created_at, updated_at, tags, forked_from, fork_seq) "
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             (
                 new.run_id,
                 new.workflow,
@@ -333,6 +337,8 @@ class SQLiteStore:
                 now,
                 now,
                 tags_json(new.tags),
+                new.forked_from,
+                new.fork_seq,
             ),
         )
         if cur.rowcount == 1:
@@ -349,6 +355,25 @@ class SQLiteStore:
 
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         created = await self._write(lambda conn: self._insert_run(conn, new, time.time()))
+        run = await self.get_run(new.run_id)
+        assert run is not None
+        return run, created
+
+    async def create_fork(self, new: NewRun, replaced: NewEntry | None) -> tuple[Run, bool]:
+        def op(conn: sqlite3.Connection) -> bool:
+            if not self._insert_run(conn, new, time.time()):
+                return False
+            if replaced is not None:
+                values = (*self._value(conn, replaced.input_json),
+                          *self._value(conn, replaced.output_json))  # fmt: skip
+                conn.execute(
+                    f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    journal_params(Fence(new.run_id, "", 0), replaced, values),
+                )
+            return True
+
+        created = await self._write(op)
         run = await self.get_run(new.run_id)
         assert run is not None
         return run, created
@@ -385,7 +410,7 @@ class SQLiteStore:
         return [run_from_row(row) for row in rows]
 
     async def list_entries(self, run_id: str) -> list[JournalEntry]:
-        return [entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))]
+        return [entry_from_row(row) for row in self._read(_LINEAGE_SELECT, (run_id, run_id))]
 
     async def list_signals(self, run_id: str) -> list[Signal]:
         return [
@@ -401,7 +426,12 @@ class SQLiteStore:
         run = await self.get_run(run_id)
         if run is None:
             raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-        entries = {row[1]: entry_from_row(row) for row in self._read(_ENTRY_SELECT, (run_id,))}
+        rows = (
+            self._read(_ENTRY_SELECT, (run_id,))
+            if run.forked_from is None
+            else self._read(_LINEAGE_SELECT, (run_id, run_id))
+        )
+        entries = {row[1]: entry_from_row(row) for row in rows}
         signals = await self.list_signals(run_id)
         children: dict[str, Run] = {}
         if any(e.kind == "child" and e.status is EntryStatus.WAITING for e in entries.values()):

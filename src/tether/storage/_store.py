@@ -55,6 +55,8 @@ class NewRun:
     parent_run_id: str | None = None
     parent_seq: int | None = None
     tags: tuple[str, ...] = ()
+    forked_from: str | None = None
+    fork_seq: int | None = None
 
 
 @dataclass(slots=True)  # not frozen: built on every durable call, and frozen costs there
@@ -143,6 +145,13 @@ class Store(Protocol):
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         """Insert the run unless ``run_id`` exists; return it and whether it was created."""
+        ...
+
+    async def create_fork(self, new: NewRun, replaced: NewEntry | None) -> tuple[Run, bool]:
+        """Insert the fork ``new`` (``forked_from``, ``fork_seq`` set) unless its run_id
+        exists, with its own entry at ``fork_seq`` when ``replaced`` (an edited output),
+        in one transaction; return the run and whether it was created. The origin's
+        entries below ``fork_seq`` are never copied: reads follow the lineage."""
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
