@@ -83,6 +83,8 @@ async def test_a_fork_after_an_effect_never_fires_it_again(db_url: str) -> None:
         assert [(e.run_id, e.tool) for e in effects] == [("p", "pay")]
         run = await app.get_run("f")
         assert (run.forked_from, run.fork_seq, run.workflow) == ("p", 3, "order")
+        assert [r.run_id for r in await app.list_runs(forked_from="p")] == ["f"]
+        assert await app.list_runs(forked_from="f") == []
         journal = await app.get_journal("f")
         # Shared by reference: the prefix rows are the parent's own, none was copied.
         assert [(e.seq, e.run_id) for e in journal] == [(1, "p"), (2, "p"), (3, "f")]

@@ -557,10 +557,12 @@ class App:
         status: RunStatus | str | None = None,
         workflow: str | None = None,
         tag: str | None = None,
+        forked_from: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
-        """Runs, newest first, filtered by status, workflow name and tag."""
+        """Runs, newest first, filtered by status, workflow name, tag, and the run they
+        were forked from."""
         if status is not None:
             try:
                 status = RunStatus(status)
@@ -570,7 +572,12 @@ class App:
         _check_page(limit, offset)
         store = await self._ensure_open()
         return await store.list_runs(
-            status=status, workflow=workflow, tag=tag, limit=limit, offset=offset
+            status=status,
+            workflow=workflow,
+            tag=tag,
+            forked_from=forked_from,
+            limit=limit,
+            offset=offset,
         )
 
     async def list_approvals(self, *, limit: int = 100, offset: int = 0) -> list[EffectRecord]:

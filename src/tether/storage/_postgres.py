@@ -623,6 +623,7 @@ class PostgresStore:
         status: RunStatus | None = None,
         workflow: str | None = None,
         tag: str | None = None,
+        forked_from: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
@@ -636,6 +637,9 @@ class PostgresStore:
         if tag is not None:
             where.append("run_id IN (SELECT run_id FROM run_tags WHERE tag = %s)")
             params.append(tag)
+        if forked_from is not None:
+            where.append("forked_from = %s")
+            params.append(forked_from)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(
             f"SELECT {RUN_COLUMNS} FROM runs {clause} "

@@ -388,6 +388,7 @@ class SQLiteStore:
         status: RunStatus | None = None,
         workflow: str | None = None,
         tag: str | None = None,
+        forked_from: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
@@ -401,6 +402,9 @@ class SQLiteStore:
         if tag is not None:
             where.append("run_id IN (SELECT run_id FROM run_tags WHERE tag = ?)")
             params.append(tag)
+        if forked_from is not None:
+            where.append("forked_from = ?")
+            params.append(forked_from)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
             f"SELECT {RUN_COLUMNS} FROM runs {clause} "

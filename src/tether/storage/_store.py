@@ -161,10 +161,12 @@ class Store(Protocol):
         status: RunStatus | None = None,
         workflow: str | None = None,
         tag: str | None = None,
+        forked_from: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Run]:
-        """Runs, newest first; with ``tag``, those started with that tag."""
+        """Runs, newest first; with ``tag``, those started with that tag; with
+        ``forked_from``, the forks made from that run."""
         ...
 
     async def count_runs(self) -> dict[str, int]:
