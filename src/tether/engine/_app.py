@@ -40,7 +40,7 @@ from .._records import (
 )
 from .._serde import decode, dumps
 from ..storage import NewRun, Store, open_store
-from . import _fork, _tokens
+from . import _fork, _restart, _tokens
 from ._context import BUDGET_SIGNAL, approval_signal
 from ._functions import Step, Tool, Workflow
 from ._policy import Policy, load_policy
@@ -538,6 +538,25 @@ class App:
         )
         self._wake_worker()
         return RunHandle(self, run.run_id, self._workflows.get(run.workflow))
+
+    async def retry(
+        self, run_id: str, from_seq: int, *, by: str | None = None, reason: str | None = None
+    ) -> Run:
+        """Restart a failed or needs_attention run in place from ``from_seq`` (after a
+        code fix): the entries before it are kept and replayed, those from it on are set
+        aside and recorded with the restart (``list_restarts``). Refused when that would
+        make an irreversible call again, or drop a child run or a fork's shared entries."""
+        if reason is not None:
+            _check_text("reason", reason, limit=2000)
+        await self._ensure_open()
+        run = await _restart.restart(self, run_id, from_seq, by=by or _whoami(), reason=reason)
+        self._wake_worker()
+        return run
+
+    async def list_restarts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's retries in place, oldest first, each with the entries it set aside."""
+        await self.get_run(run_id)
+        return await self._store.list_restarts(run_id)
 
     def handle(self, run_id: str) -> RunHandle[Any]:
         return RunHandle(self, run_id, None)

@@ -56,6 +56,7 @@ from . import _procs
 from ._migrations import load_migrations, split_statements
 from ._rows import (
     BLOB_THRESHOLD,
+    DISCARD_COLUMNS,
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
@@ -71,6 +72,8 @@ from ._rows import (
     journal_params,
     lease_lost,
     lineage_query,
+    restart_error,
+    restart_records,
     run_from_row,
     run_id_conflict,
     signal_from_row,
@@ -113,12 +116,17 @@ _SEAL = (
     "started_at = CASE WHEN EXCLUDED.status = 'intent' "
     "THEN EXCLUDED.started_at ELSE journal.started_at END"
 )
+# A call asked about anew (a retry in place) gets its new approval deadline.
+_NEW_DEADLINE = (
+    "deadline = COALESCE(EXCLUDED.deadline, effects.deadline), on_timeout = CASE WHEN "
+    "EXCLUDED.deadline IS NOT NULL THEN EXCLUDED.on_timeout ELSE effects.on_timeout END"
+)
 # A tool call's intent, first written or written again (a call authorized anew).
 _EFFECT_UPSERT = (
     f"INSERT INTO effects ({EFFECT_COLUMNS}) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
-    "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text"
+    f"resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text, {_NEW_DEADLINE}"
 )
 _APPEND_EVENT = "history = (history::jsonb || %s::jsonb)::text"
 # A tool call's intent as one statement (one round trip in autocommit): the fence check,
@@ -130,7 +138,8 @@ _INTENT = (
     "%s::boolean, %s::int, %s::boolean, %s::text, %s::text, %s::float8, %s::float8, "
     "%s::text FROM owned "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = EXCLUDED.attempt, in_doubt = FALSE, "
-    "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text RETURNING 1) "
+    "resolution = NULL, history = (effects.history::jsonb || %s::jsonb)::text, "
+    f"{_NEW_DEADLINE} RETURNING 1) "
     f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
     "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
     f"%s::int, %s::int, %s::int FROM effect {_SEAL}"
@@ -881,6 +890,76 @@ class PostgresStore:
         run = await self.get_run(run_id)
         assert run is not None
         return run
+
+    async def restart_run(
+        self,
+        run_id: str,
+        from_seq: int,
+        *,
+        expect: tuple[str, float],
+        by: str,
+        reason: str | None,
+    ) -> Run:
+        async def op(conn: Conn) -> None:
+            now = time.time()
+            cur = await conn.execute(
+                "SELECT status, updated_at, error, workflow FROM runs WHERE run_id = %s "
+                "FOR NO KEY UPDATE",
+                (run_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            restart_error(run_id, row[0], row[1], expect)
+            cur = await conn.execute(
+                "SELECT COALESCE(MAX(restart), 0) + 1 FROM run_restarts WHERE run_id = %s",
+                (run_id,),
+            )
+            found = await cur.fetchone()
+            restart = found[0] if found else 1
+            await conn.execute(
+                f"INSERT INTO journal_discarded (run_id, restart, {DISCARD_COLUMNS}) "
+                f"SELECT run_id, %s, {DISCARD_COLUMNS} FROM journal "
+                "WHERE run_id = %s AND seq >= %s",
+                (restart, run_id, from_seq),
+            )
+            await conn.execute(
+                "DELETE FROM journal WHERE run_id = %s AND seq >= %s", (run_id, from_seq)
+            )
+            await conn.execute(
+                "UPDATE signals SET consumed_seq = NULL WHERE run_id = %s AND consumed_seq >= %s",
+                (run_id, from_seq),
+            )
+            await conn.execute(
+                "INSERT INTO run_restarts (run_id, restart, from_seq, at, by_whom, reason, "
+                "status, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (run_id, restart, from_seq, now, by, reason, row[0], row[2]),
+            )
+            await conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, result = NULL, "
+                "wake_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = %s "
+                "WHERE run_id = %s",
+                (now, run_id),
+            )
+            await _notify(conn, f"run:{row[3]}")
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def list_restarts(self, run_id: str) -> list[dict[str, Any]]:
+        restarts = await self._read(
+            "SELECT restart, from_seq, at, by_whom, reason, status, error FROM run_restarts "
+            "WHERE run_id = %s ORDER BY restart",
+            (run_id,),
+        )
+        discarded = await self._read(
+            "SELECT restart, seq, kind, name, status FROM journal_discarded "
+            "WHERE run_id = %s ORDER BY restart, seq",
+            (run_id,),
+        )
+        return restart_records(restarts, discarded)
 
     async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
         if not hashes:

@@ -25,6 +25,7 @@ from ._store import Fence, NewEffect, NewEntry
 
 __all__ = [
     "BLOB_THRESHOLD",
+    "DISCARD_COLUMNS",
     "EFFECT_COLUMNS",
     "JOURNAL_COLUMNS",
     "RUN_COLUMNS",
@@ -41,6 +42,8 @@ __all__ = [
     "json_or_none",
     "lease_lost",
     "lineage_query",
+    "restart_error",
+    "restart_records",
     "run_from_row",
     "run_id_conflict",
     "signal_from_row",
@@ -329,6 +332,48 @@ def child_run_id_taken(run_id: str) -> RunIdConflictError:
     return RunIdConflictError(
         f"run_id {run_id!r} is already taken; a child run needs a new run_id", run_id=run_id
     )
+
+
+# Journal columns set aside by a restart (journal_discarded), in both tables' order.
+DISCARD_COLUMNS = (
+    "seq, kind, name, status, input, input_ref, output, output_ref, error, started_at, "
+    "finished_at, attempts"
+)
+
+
+def restart_error(run_id: str, status: str, updated_at: float, expect: tuple[str, float]) -> None:
+    """Raise RunStateError unless the run is as the caller saw it (status, updated_at)."""
+    if (status, updated_at) != expect:
+        raise RunStateError(
+            f"run {run_id!r} changed while the retry was prepared (it is {status} now); "
+            "look at it again with 'tether show' and retry then",
+            run_id=run_id,
+            status=status,
+        )
+
+
+def restart_records(
+    restarts: list[tuple[Any, ...]], discarded: list[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """Rows of run_restarts and journal_discarded as the records list_restarts returns."""
+    set_aside: dict[int, list[dict[str, Any]]] = {}
+    for restart, seq, kind, name, status in discarded:
+        set_aside.setdefault(restart, []).append(
+            {"seq": seq, "kind": kind, "name": name, "status": status}
+        )
+    return [
+        {
+            "restart": restart,
+            "from_seq": from_seq,
+            "at": at,
+            "by": by,
+            "reason": reason,
+            "status": status,
+            "error": json_or_none(error),
+            "discarded": set_aside.get(restart, []),
+        }
+        for restart, from_seq, at, by, reason, status, error in restarts
+    ]
 
 
 def lineage_query(mark: str, entry_columns: str) -> str:

@@ -44,6 +44,7 @@ from . import _procs
 from ._migrations import load_migrations, split_statements
 from ._rows import (
     BLOB_THRESHOLD,
+    DISCARD_COLUMNS,
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
@@ -59,6 +60,8 @@ from ._rows import (
     journal_params,
     lease_lost,
     lineage_query,
+    restart_error,
+    restart_records,
     run_from_row,
     run_id_conflict,
     signal_from_row,
@@ -87,7 +90,11 @@ _EFFECT_UPSERT = (
     f"INSERT INTO effects ({EFFECT_COLUMNS}) "
     f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ({_OWNED}) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET attempt = excluded.attempt, in_doubt = 0, "
-    "resolution = NULL, history = json_insert(effects.history, '$[#]', json(?))"
+    "resolution = NULL, history = json_insert(effects.history, '$[#]', json(?)), "
+    # A call asked about anew (a retry in place) gets its new deadline.
+    "deadline = CASE WHEN excluded.deadline IS NOT NULL THEN excluded.deadline "
+    "ELSE effects.deadline END, on_timeout = CASE WHEN excluded.deadline IS NOT NULL "
+    "THEN excluded.on_timeout ELSE effects.on_timeout END"
 )
 # A tool call's completion, over its intent.
 _SEAL_IN_PLACE = (
@@ -584,6 +591,66 @@ class SQLiteStore:
         run = await self.get_run(run_id)
         assert run is not None
         return run
+
+    async def restart_run(
+        self,
+        run_id: str,
+        from_seq: int,
+        *,
+        expect: tuple[str, float],
+        by: str,
+        reason: str | None,
+    ) -> Run:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT status, updated_at, error FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            restart_error(run_id, row[0], row[1], expect)
+            (restart,) = conn.execute(
+                "SELECT COALESCE(MAX(restart), 0) + 1 FROM run_restarts WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            conn.execute(
+                f"INSERT INTO journal_discarded (run_id, restart, {DISCARD_COLUMNS}) "
+                f"SELECT run_id, ?, {DISCARD_COLUMNS} FROM journal WHERE run_id = ? AND seq >= ?",
+                (restart, run_id, from_seq),
+            )
+            conn.execute("DELETE FROM journal WHERE run_id = ? AND seq >= ?", (run_id, from_seq))
+            conn.execute(
+                "UPDATE signals SET consumed_seq = NULL WHERE run_id = ? AND consumed_seq >= ?",
+                (run_id, from_seq),
+            )
+            conn.execute(
+                "INSERT INTO run_restarts (run_id, restart, from_seq, at, by_whom, reason, "
+                "status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, restart, from_seq, now, by, reason, row[0], row[2]),
+            )
+            conn.execute(
+                "UPDATE runs SET status = 'pending', error = NULL, result = NULL, wake_at = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE run_id = ?",
+                (now, run_id),
+            )
+
+        await self._write(op)
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def list_restarts(self, run_id: str) -> list[dict[str, Any]]:
+        restarts = self._read(
+            "SELECT restart, from_seq, at, by_whom, reason, status, error FROM run_restarts "
+            "WHERE run_id = ? ORDER BY restart",
+            (run_id,),
+        )
+        discarded = self._read(
+            "SELECT restart, seq, kind, name, status FROM journal_discarded WHERE run_id = ? "
+            "ORDER BY restart, seq",
+            (run_id,),
+        )
+        return restart_records(restarts, discarded)
 
     async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._records import (
     ApiToken,
@@ -225,6 +225,29 @@ class Store(Protocol):
         """A run stopped for a person (needs_attention with error ``code``) gets the
         person's answer in its mailbox and goes back to the workers, in one transaction.
         Raises RunNotFoundError, or RunStateError if the run is not stopped that way."""
+        ...
+
+    async def restart_run(
+        self,
+        run_id: str,
+        from_seq: int,
+        *,
+        expect: tuple[str, float],
+        by: str,
+        reason: str | None,
+    ) -> Run:
+        """Restart a stopped run from ``from_seq`` in place, in one transaction: its
+        entries from ``from_seq`` on are set aside (``journal_discarded``, with the restart
+        number), signals they consumed go back to the mailbox, the restart is recorded
+        (``run_restarts``), and the run goes back to the workers (pending). ``expect`` is
+        the (status, updated_at) the caller checked the run in: RunStateError if it
+        changed since."""
+        ...
+
+    async def list_restarts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's restarts, oldest first: restart, from_seq, at, by, reason, and the
+        status and error it had, with the entries set aside (``discarded``: seq, kind,
+        name, status)."""
         ...
 
     async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
