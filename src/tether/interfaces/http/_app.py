@@ -168,7 +168,9 @@ def _install_error_handlers(server: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
         message = str(exc.detail)
         if exc.status_code == 400 and message == "There was an error parsing the body":
             # FastAPI's answer to a body that is not UTF-8 text: malformed, like bad JSON.
@@ -248,9 +250,28 @@ def _problem(error: Any) -> str:
 
 
 # -- middleware ---------------------------------------------------------------------------
+# The largest request body read: FastAPI reads and parses a body before any dependency
+# (the token check among them) runs, so without a cap anyone could make the server hold
+# any amount in memory. A form field is held to 1 MiB by Starlette besides.
+MAX_BODY = 4 * 1024 * 1024
+TOO_LARGE = (
+    f"the request body is larger than {MAX_BODY // (1024 * 1024)} MiB; send less (a tool "
+    "call's result or a signal's value this large belongs in a file or a blob store)"
+)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when a body streams past :data:`MAX_BODY`; FastAPI passes an
+    HTTPException raised while it reads the body on to the handlers (a 413)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, TOO_LARGE)
+
+
 class _Guard:
     """Headers for every response (no framing, no sniffing; no caching of the API), the
-    CSRF cookie when a page made one, and in dev mode the loopback-only rule."""
+    CSRF cookie when a page made one, the cap on request bodies, and in dev mode the
+    loopback-only rule."""
 
     def __init__(self, app: ASGIApp, *, dev: bool) -> None:
         self.app = app
@@ -272,6 +293,22 @@ class _Guard:
             await response(scope, receive, send)
             return
         path: str = scope.get("path", "")
+        declared = self._content_length(scope)
+        if declared is not None and declared > MAX_BODY:
+            await JSONResponse(error_body("too_large", TOO_LARGE), status_code=413)(
+                scope, receive, send
+            )
+            return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    raise _BodyTooLarge()
+            return message
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -287,15 +324,27 @@ class _Guard:
                 state = scope.get("state") or {}
                 if state.get("csrf_token_new"):
                     secure = "; Secure" if scope.get("scheme") == "https" else ""
+                    # Lax, not Strict: a page opened from a link on another site (a chat
+                    # message) must see the cookie, or it makes a new token and every
+                    # other open tab's actions fail the CSRF check. The token is no
+                    # credential: a cross-site post neither carries it nor can read it.
                     cookie = (
                         f"{CSRF_COOKIE}={state['csrf_token']}; Path=/; HttpOnly; "
-                        f"SameSite=Strict{secure}"
+                        f"SameSite=Lax{secure}"
                     )
                     headers.append((b"set-cookie", cookie.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, capped_receive, send_with_headers)
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                text = value.decode("latin-1").strip()
+                return int(text) if text.isdigit() else None
+        return None
 
     @staticmethod
     def _local(scope: Scope) -> bool:

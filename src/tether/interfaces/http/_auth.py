@@ -1,10 +1,10 @@
 """Who is asking, what they may do, and whether the browser really meant it.
 
-Every request but ``/healthz``, the static files and the login page carries a bearer token
-made with ``tether token create``: in the ``Authorization: Bearer <secret>`` header (API
-clients) or in the HttpOnly cookie ``tether_token`` that the web login form sets. The
-token's :class:`~tether.Role` decides what the request may do (:func:`require`); each role
-may do all the one before it may (viewer, approver, admin).
+Every request but ``/healthz``, the static files and the login and logout pages carries a
+bearer token made with ``tether token create``: in the ``Authorization: Bearer <secret>``
+header (API clients) or in the HttpOnly cookie ``tether_token`` that the web login form
+sets. The token's :class:`~tether.Role` decides what the request may do (:func:`require`);
+each role may do all the one before it may (viewer, approver, admin).
 
 In dev mode (``tether serve --dev``, loopback only) nobody logs in: every request is the
 principal ``dev`` with the admin role.
@@ -22,6 +22,7 @@ site cannot add one without a CORS preflight, which this server never grants.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Longer than any secret app.create_token makes; a longer one is refused unhashed.
 MAX_SECRET = 512
+# What secrets.token_urlsafe(32) makes, with room to spare.
+_CSRF_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 MAKE_TOKEN = "make one with 'tether token create --role viewer' (or approver, admin)"
 
 Via = Literal["header", "cookie", "dev"]
@@ -185,12 +188,20 @@ def csrf_token(request: Request) -> str:
     ``csrf_token`` and in htmx requests as the header ``X-CSRF-Token``."""
     token: str | None = getattr(request.state, "csrf_token", None)
     if token is None:
-        token = request.cookies.get(CSRF_COOKIE)
-        if not token or len(token) > 128:
+        token = _csrf_cookie(request)
+        if token is None:
             token = secrets.token_urlsafe(32)
             request.state.csrf_token_new = True
         request.state.csrf_token = token
     return token
+
+
+def _csrf_cookie(request: Request) -> str | None:
+    """The ``tether_csrf`` cookie if it has the shape of the tokens we make. Another one (a
+    page on another port of this host may set cookies for it) is never used: its value
+    goes into the pages' ``hx-headers`` JSON, where a quote would break every action."""
+    token = request.cookies.get(CSRF_COOKIE)
+    return token if token is not None and _CSRF_SHAPE.fullmatch(token) else None
 
 
 def _same_origin(origin: str, request: Request) -> bool:
@@ -216,7 +227,7 @@ async def verify_csrf(request: Request, who: Principal | None = None) -> None:
     origin = request.headers.get("origin")
     if origin is not None and not _same_origin(origin, request):
         raise refuse(f"refused a request from another origin ({origin})")
-    expected = request.cookies.get(CSRF_COOKIE)
+    expected = _csrf_cookie(request)
     given = request.headers.get(CSRF_HEADER)
     if given is None:
         content_type = request.headers.get("content-type", "")

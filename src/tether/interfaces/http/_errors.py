@@ -5,7 +5,7 @@
 ``code`` is stable (a :class:`~tether.TetherError`'s ``code``, or one of this server's:
 ``unauthenticated``, ``invalid_token``, ``forbidden``, ``csrf``, ``invalid_request``,
 ``not_found``, ``effect_not_found``, ``token_not_found``, ``method_not_allowed``,
-``unavailable``); ``message`` says what was wrong and what to do.
+``too_large``, ``unavailable``); ``message`` says what was wrong and what to do.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Request bodies forbid unknown keys, so that a misspelt field is an error, not ig
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -236,6 +237,22 @@ class ResolveBody(_Body):
     )
     result: Any = Field(default=None, description="With done: what the call returned.")
     reason: str = Field(min_length=1, max_length=2000, description="How you know; recorded.")
+
+    @field_validator("result")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        # The JSON parser takes NaN, Infinity and 1e999, which JSON has not and neither
+        # database stores in the call's history: a user's mistake, not the database's.
+        todo = [value]
+        while todo:  # without recursion: the parser allows deeper nesting than Python
+            item = todo.pop()
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{item} is not a JSON number; give a finite one")
+            if isinstance(item, dict):
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+        return value
 
 
 class BudgetBody(_Body):

@@ -422,15 +422,7 @@ async def resolve_action(
                 "invalid_request",
                 f"a result goes only with 'It happened', not with {action!r}: clear the result",
             )
-        try:
-            value = json.loads(result)
-        except json.JSONDecodeError as exc:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"the result is not valid JSON ({exc.msg} at character {exc.pos}); "
-                'write it as JSON, e.g. {"message_id": "m-42"} or "sent"',
-            ) from None
+        value = _json_result(result)
     effect = await tether_app(request).resolve(
         run_id, _seq(seq), action, result=value, by=who.name, reason=reason.strip()
     )
@@ -441,6 +433,36 @@ async def resolve_action(
         run_id,
         f"Resolved {effect.tool} (seq {effect.seq}): {said.get(action, action)}.",
     )
+
+
+def _not_finite(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number to store")
+    return value
+
+
+def _json_result(text: str) -> Any:
+    """The result a person typed for "It happened", as JSON (422 if it is not JSON)."""
+    example = 'write it as JSON, e.g. {"message_id": "m-42"} or "sent"'
+    try:
+        return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the result is not valid JSON ({exc.msg} at character {exc.pos}); {example}",
+        ) from None
+    except ValueError as exc:  # NaN or Infinity, which JSON has not
+        raise ApiError(422, "invalid_request", f"the result: {exc}; {example}") from None
+    except RecursionError:
+        raise ApiError(
+            422, "invalid_request", f"the result is nested too deeply to store; {example}"
+        ) from None
 
 
 def _number(text: str, what: str, kind: type[int] | type[float]) -> Any:
@@ -532,10 +554,27 @@ async def login(
     return response
 
 
-@router.api_route("/logout", methods=["GET", "POST"], response_class=HTMLResponse)
+@router.get("/logout", response_class=HTMLResponse)
+async def logout_page(request: Request) -> Response:
+    """A page with the logout button: a GET changes nothing, or any site could log a
+    browser out with a link or an image."""
+    if is_dev(request):
+        return RedirectResponse("/", status_code=303)
+    context = {
+        "who": None,
+        "page": "logout",
+        "dev": False,
+        "csrf": csrf_token(request),
+        "can_act": False,
+        "approvals_count": 0,
+        "oob": False,
+    }
+    return _render(request, "logout.html", context)
+
+
+@router.post("/logout", response_class=HTMLResponse)
 async def logout(request: Request) -> Response:
-    if request.method == "POST":
-        await verify_csrf(request)
+    await verify_csrf(request)
     response = RedirectResponse("/" if is_dev(request) else "/login", status_code=303)
     clear_token_cookie(response)
     return response
