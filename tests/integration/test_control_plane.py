@@ -381,3 +381,23 @@ async def test_the_secret_itself_is_never_stored(sqlite_url: str, db_path: Path)
     raw = await asyncio.to_thread(read_database, db_path)
     assert secret.encode() not in raw
     assert hashlib.sha256(secret.encode()).hexdigest().encode() in raw
+
+
+async def test_values_json_cannot_carry_are_refused_alike_on_both_backends(db_url: str) -> None:
+    calls: list[str] = []
+    app = build(db_url, calls)
+    async with app:
+        await app.start("pay", "o-1", run_id="a1")
+        await wait_effect(app, "a1", 1, EffectState.AWAITING_APPROVAL)
+        for bad in ("a\x00b",):
+            with pytest.raises(TetherError, match="holds a NUL character"):
+                await app.approve("a1", 1, note=bad)
+            with pytest.raises(TetherError, match="holds a NUL character"):
+                await app.approve("a1", 1, by=bad)
+        with pytest.raises(TetherError, match="holds NaN, which JSON cannot carry"):
+            await app.resolve("a1", 1, "done", result=float("nan"), reason="checked")
+        with pytest.raises(TetherError, match="holds Infinity"):
+            await app.resolve("a1", 1, "done", result={"x": [float("inf")]}, reason="checked")
+        effect = await app.get_effect("a1", 1)
+        assert effect.state is EffectState.AWAITING_APPROVAL  # nothing was stored
+        assert [e["event"] for e in effect.history] == ["approval_requested"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import math
 import os
@@ -770,11 +771,14 @@ class App:
         if action != "done" and result is not None:
             raise TetherError(f"a result goes only with 'done', not with {action!r}")
         _check_text("reason", reason, limit=2000)
+        if by is not None:
+            _check_text("by", by)
         who = by or _whoami()
         resolution = {"action": action, "by": who, "reason": reason, "at": time.time()}
         if action == "done":
             resolution["result"] = result
         text = dumps(resolution, what="the result given to resolve")
+        _check_finite(text, "the result given to resolve")
         event = dumps({"event": "resolved"} | resolution, what="the resolution")
         store = await self._ensure_open()
         effect = await store.resolve_effect(run_id, seq, text, event)
@@ -812,6 +816,8 @@ class App:
             seq = waiting[0].seq
         if note is not None:
             _check_text("note", note, limit=2000)
+        if by is not None:
+            _check_text("by", by)
         verdict = {"approved": bool(approved), "by": by or _whoami(), "note": note}
         verdict["at"] = time.time()
         event = {"event": "approval" if approved else "rejection"} | verdict
@@ -853,9 +859,21 @@ def _check_tags(tags: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
+def _check_finite(text: str, what: str) -> None:
+    """Refuse NaN and infinities, which JSON has not (the stores' JSON functions refuse
+    them), before anything is written."""
+
+    def refuse(constant: str) -> None:
+        raise TetherError(f"{what} holds {constant}, which JSON cannot carry; give a number")
+
+    json.loads(text, parse_constant=refuse)
+
+
 def _check_text(what: str, value: object, *, limit: int = 200) -> None:
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise TetherError(f"{what} must be a non-empty string of at most {limit} characters")
+    if "\x00" in value:
+        raise TetherError(f"{what} holds a NUL character (\\x00); remove it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
