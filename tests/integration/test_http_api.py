@@ -670,6 +670,7 @@ async def test_a_database_outage_is_a_503(world: World, tmp_path: Path) -> None:
     async with client_for(server) as client:
         health = await client.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert str(tmp_path) not in health.text  # no token: not where the database is
         response = await client.get("/api/v1/runs", headers=world.auth())
         assert response.status_code == 503
         error = response.json()["error"]

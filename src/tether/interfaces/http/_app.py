@@ -102,7 +102,11 @@ def create_app(app: App, *, dev: bool = False) -> FastAPI:
         try:
             await app.list_runs(limit=1)
         except StorageError as exc:
-            return JSONResponse({"status": "unavailable", "message": exc.message}, status_code=503)
+            # Anyone may ask: say that the database is down, not where it is (the server
+            # log has the details).
+            log.warning("healthz: %s", exc.message)
+            message = "the database does not answer; see the server's log"
+            return JSONResponse({"status": "unavailable", "message": message}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @server.get("/openapi.json", include_in_schema=False)
