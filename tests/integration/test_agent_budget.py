@@ -84,7 +84,7 @@ async def test_a_run_stops_on_its_token_budget_and_resumes_when_raised(db_url: s
         assert model.calls == 1 and pings == [1]  # the first turn's call was made
 
         run = await app.raise_budget("r", tokens=1_000_000, by="ops")
-        assert run.status is RunStatus.PENDING
+        assert run.status in (RunStatus.PENDING, RunStatus.RUNNING)  # a worker may have it
         result = await (app.handle("r")).result(timeout=30)
         journal = await app.get_journal("r")
     assert result["output"] == "finished" and result["turns"] == 4

@@ -1562,13 +1562,15 @@ async def test_a_call_longer_than_the_lease_is_not_made_twice_by_another_worker(
 ) -> None:
     calls: list[str] = []
 
+    lease = 1.0  # longer than LEASE: a loaded CI machine must not starve the heartbeat
+
     def make() -> App:
-        app = App(db_url, lease_seconds=LEASE, poll_interval=POLL)
+        app = App(db_url, lease_seconds=lease, poll_interval=POLL)
 
         @app.tool(effect=Effect.IRREVERSIBLE)
         async def slow_send(to: str, *, idempotency_key: str) -> str:
             calls.append(idempotency_key)
-            await asyncio.sleep(4 * LEASE)  # the heartbeat keeps the lease meanwhile
+            await asyncio.sleep(3 * lease)  # the heartbeat keeps the lease meanwhile
             return f"sent to {to}"
 
         @app.workflow
