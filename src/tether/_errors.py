@@ -52,6 +52,7 @@ __all__ = [
     "EffectAbortedError",
     "EffectInDoubtError",
     "EffectStateError",
+    "ForkError",
     "LeaseLostError",
     "NondeterminismError",
     "NotAttempted",
@@ -214,6 +215,14 @@ class RunStateError(TetherError):
     is not stopped on one, say)."""
 
     code = "run_state"
+
+
+class ForkError(TetherError):
+    """A fork or a retry in place that cannot be made as asked: the position (a seq past
+    the journal, below an unfinished entry, before an irreversible call already made) or
+    the replacement (not of the recorded output's shape or type)."""
+
+    code = "fork"
 
 
 class BudgetExceededError(TetherError):

@@ -16,12 +16,12 @@ from tether import (
     Decision,
     Effect,
     EffectState,
+    ForkError,
     RunIdConflictError,
     RunNotFoundError,
     RunStatus,
 )
 from tether.agent import Message, ModelRequest, ScriptedModel, ToolCall, load_request
-from tether.engine._fork import ForkError
 
 POLL = 0.05
 

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from test_effects import wait_status
 
-from tether import App, Context, Effect, RunStateError, RunStatus
-from tether.engine._fork import ForkError
+from tether import App, Context, Effect, ForkError, RunStateError, RunStatus
 
 POLL = 0.05
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import RunIdConflictError, SerializationError, TetherError
+from .._errors import ForkError, RunIdConflictError, SerializationError
 from .._records import EntryStatus, JournalEntry, Run
 from .._serde import dumps, validate
 from ..storage import NewEntry, NewRun
@@ -40,12 +40,6 @@ _checks: dict[str, OutputCheck] = {}
 _SEALED = (EntryStatus.COMPLETED, EntryStatus.FAILED)
 # Kinds whose output says when a wait ends, not what a call returned: nothing to replace.
 _NOT_REPLACEABLE = {"sleep": "a sleep has no output to replace"}
-
-
-class ForkError(TetherError):
-    """A fork that cannot be made as asked: the position, or the replacement."""
-
-    code = "fork"
 
 
 def register_output_check(kind: str, check: OutputCheck) -> None:
