@@ -125,6 +125,7 @@ class Run:
     # the journal is the origin's, shared by reference).
     forked_from: str | None = None
     fork_seq: int | None = None
+    fork_replaced: bool = False  # its own entry at fork_seq is a replaced output
 
 
 @dataclass(frozen=True, slots=True)

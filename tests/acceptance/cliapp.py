@@ -13,6 +13,7 @@ its run stops for a person. A fresh worker process sees a healthy mail server.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from tether import (
@@ -25,7 +26,7 @@ from tether import (
     Effect,
     OutcomeUnknown,
 )
-from tether.agent import ScriptedModel, ToolCall
+from tether.agent import ModelRequest, ScriptedModel, ToolCall
 
 mail_outage = False
 
@@ -113,6 +114,57 @@ def build_app(database_url: str | None = None) -> App:
     @app.workflow
     async def frugal(ctx: Context, prompt: str) -> str:
         return (await agent.run(ctx, prompt)).output
+
+    # -- forks: an agent that prices a trip and forgets the taxi at turn 6 -------------------
+    prices = {"train": 120, "hotel": 380, "museum": 25, "dinner": 90, "taxi": 40}
+
+    @app.tool(effect=Effect.READ)
+    def price(item: str) -> int:
+        """What one item of the trip costs, in euros."""
+        return prices[item]
+
+    @app.tool(effect=Effect.READ)
+    def add_up(amounts: list[int]) -> int:
+        """The sum of some amounts."""
+        return sum(amounts)
+
+    def conclude(request: ModelRequest) -> str:
+        return f"The trip costs {request.messages[-1].content} euros."
+
+    pricing = ScriptedModel(
+        [
+            *(
+                ToolCall(id=f"p{i}", name="price", arguments={"item": k})
+                for i, k in enumerate(prices)
+            ),
+            ToolCall(id="sum", name="add_up", arguments={"amounts": [120, 380, 25, 90]}),
+            conclude,
+        ]
+    )
+    planner: Agent[str] = Agent(pricing, [price, add_up], "You price trips.", max_turns=10)
+
+    @app.workflow
+    async def trip(ctx: Context, request: str) -> str:
+        return (await planner.run(ctx, request)).output
+
+    # -- retry in place: fails at its second step until the file it checks exists -------------
+    @app.step
+    def note_once(path: str) -> int:
+        log = Path(path + ".log")
+        with log.open("a") as file:
+            file.write("ran\n")
+        return len(log.read_text().splitlines())
+
+    @app.step
+    def check_fixed(path: str) -> str:
+        if not Path(path).exists():
+            raise RuntimeError(f"not fixed yet: {path} is missing")
+        return "fixed"
+
+    @app.workflow
+    async def fragile(ctx: Context, path: str) -> dict[str, Any]:
+        first = await note_once(path)
+        return {"note_once_ran": first, "check": await check_fixed(path)}
 
     return app
 

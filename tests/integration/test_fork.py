@@ -268,6 +268,8 @@ async def test_a_fork_can_edit_a_model_answer_and_the_agent_goes_on_from_it(
         fork = await app.fork("p", 1, "No refund: the order already shipped.", run_id="f")
         assert await fork.result(timeout=30) == "No refund: the order already shipped."
         assert refunds == ["o-1"]  # the fork's model answer calls no tool
+        assert (await app.get_run("f")).fork_replaced
+        assert not (await app.get_run("p")).fork_replaced
         edited = (await app.get_journal("f"))[0]
         assert edited.output["replaced"] is True and edited.output["usage"]["input_tokens"] == 0
         # A fork that edits the answer into another tool call makes that call, once.

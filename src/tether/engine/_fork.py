@@ -168,6 +168,7 @@ async def fork(
         tags=origin.tags,
         forked_from=origin_id,
         fork_seq=at_seq,
+        fork_replaced=replaced is not None,
     )
     run, created = await store.create_fork(new, replaced)
     if not created and (run.forked_from != origin_id or run.fork_seq != at_seq):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from .._records import (
     Run,
     RunStatus,
 )
+from ._lineage import is_replaced
 from ._views import duration_ms
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "local_time",
     "preview",
     "resolve_commands",
+    "restarts_list",
     "run_panel",
     "run_report",
     "runs_table",
@@ -130,7 +132,9 @@ def runs_table(runs: list[Run]) -> Table:
     return table
 
 
-def run_panel(run: Run) -> Panel:
+def run_panel(run: Run, *, forks: int = 0, restarts: Sequence[Mapping[str, Any]] = ()) -> Panel:
+    """The run at a glance; with its lineage (the run it was forked from, its ``forks``)
+    and its ``restarts`` (retries in place), when it has any."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim")
     grid.add_column()
@@ -138,6 +142,25 @@ def run_panel(run: Run) -> Panel:
     grid.add_row("status", status_text(run.status.value))
     if run.parent_run_id is not None:
         grid.add_row("parent", Text(f"{run.parent_run_id} (seq {run.parent_seq})"))
+    if run.forked_from is not None:
+        below = (run.fork_seq or 1) - 1
+        shares = {0: "", 1: "; shares seq 1 with it by reference"}.get(
+            below, f"; shares seqs 1 to {below} with it by reference"
+        )
+        grid.add_row(
+            "lineage", Text(f"forked from {run.forked_from} at seq {run.fork_seq}{shares}")
+        )
+    if forks:
+        noun = "fork" if forks == 1 else "forks"
+        grid.add_row("forks", Text(f"{forks} {noun}; see 'tether tree {run.run_id}'"))
+    if restarts:
+        last = restarts[-1]
+        who = f" by {last['by']}" if last.get("by") else ""
+        grid.add_row(
+            "restarts",
+            Text(f"{len(restarts)} (the last from seq {last.get('from_seq')}{who}, at ")
+            + Text(f"{local_time(last.get('at'))})"),
+        )
     grid.add_row("arguments", Text(preview(run.args, 100)))
     grid.add_row("created", local_time(run.created_at))
     grid.add_row("updated", local_time(run.updated_at))
@@ -375,13 +398,27 @@ def _todo(run: Run, effects: list[EffectRecord]) -> RenderableType | None:
     return Group(Text("to do", style="bold underline"), *parts)
 
 
+def _row_source(run: Run | None, entry: JournalEntry) -> Text:
+    if run is None:
+        return Text("")
+    if entry.run_id != run.run_id:
+        return Text(f"shared: {entry.run_id}", style="dim")
+    if is_replaced(run, entry):
+        return Text("replaced", style="bold yellow")
+    return Text("")
+
+
 def journal_table(
     entries: list[JournalEntry],
     effects: Mapping[int, EffectRecord] | None = None,
+    run: Run | None = None,
 ) -> Table:
     """One line per entry; the tries column only when some step was retried. A tool
-    entry shows its effect kind and its state in the effect log (``effects`` by seq)."""
+    entry shows its effect kind and its state in the effect log (``effects`` by seq).
+    For a fork (``run``), a column says which rows it shares with the run it was forked
+    from (by reference) and which one it replaced."""
     retried = any(entry.attempts > 1 for entry in entries)
+    lineage = run is not None and run.forked_from is not None
     table = Table(
         box=box.SIMPLE_HEAD, pad_edge=False, title="journal", title_justify="left", expand=True
     )
@@ -393,6 +430,8 @@ def journal_table(
     table.add_column("TOOK", justify="right", no_wrap=True)
     if retried:
         table.add_column("TRIES", justify="right", no_wrap=True)
+    if lineage:
+        table.add_column("ROW", no_wrap=True)
     # The flexible column: the others keep their width, this one gets the rest, cut short.
     table.add_column("OUTPUT", no_wrap=True, overflow="ellipsis", ratio=1)
     for entry in entries:
@@ -410,25 +449,63 @@ def journal_table(
         ]
         if retried:
             cells.append(str(entry.attempts))
+        if lineage:
+            cells.append(_row_source(run, entry))
         detail = entry_detail(entry) if effect is None else effect_detail(effect)
         cells.append(Text(detail))
         table.add_row(*cells)
     return table
 
 
+def restarts_list(restarts: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """Each retry in place: from which seq, when, by whom and why, what the run was, and
+    the entries it set aside."""
+    lines: list[Text] = [Text("restarts", style="bold underline")]
+    for restart in restarts:
+        who = f" by {restart['by']}" if restart.get("by") else ""
+        why = f": {restart['reason']}" if restart.get("reason") else ""
+        was = f" (was {restart['status']}" if restart.get("status") else ""
+        if was and restart.get("error"):
+            was += f": {_error_line(restart['error'])}"
+        was += ")" if was else ""
+        lines.append(
+            Text(f"  #{restart.get('restart')} from seq {restart.get('from_seq')} at ")
+            + Text(local_time(restart.get("at")))
+            + Text(f"{who}{why}{was}")
+        )
+        aside = restart.get("discarded") or []
+        if aside:
+            shown = ", ".join(
+                f"{e.get('seq')} {e.get('kind')} {e.get('name')} ({e.get('status')})"
+                for e in aside[:8]
+            )
+            more = f", and {len(aside) - 8} more" if len(aside) > 8 else ""
+            lines.append(Text(f"    set aside: {shown}{more}", style="dim"))
+    return Text("\n").join(lines)
+
+
 def run_report(
-    run: Run, entries: list[JournalEntry], effects: list[EffectRecord] | None = None
+    run: Run,
+    entries: list[JournalEntry],
+    effects: list[EffectRecord] | None = None,
+    *,
+    forks: int = 0,
+    restarts: Sequence[Mapping[str, Any]] = (),
 ) -> RenderableType:
-    """The run's panel, its journal, and what a person must do for it to go on."""
+    """The run's panel, its journal, its restarts, and what a person must do for it to go
+    on. ``effects`` may hold those of the run it was forked from: each entry shows the
+    effect of its own row (its owner's, at its seq)."""
+    panel = run_panel(run, forks=forks, restarts=restarts)
     if not entries:
-        return Group(run_panel(run), Text("no journal entries yet", style="dim"))
+        return Group(panel, Text("no journal entries yet", style="dim"))
     effects = effects or []
-    parts: list[RenderableType] = [
-        run_panel(run),
-        journal_table(entries, {effect.seq: effect for effect in effects}),
-    ]
+    rows = {(entry.run_id, entry.seq) for entry in entries}
+    by_seq = {e.seq: e for e in effects if (e.run_id, e.seq) in rows}
+    parts: list[RenderableType] = [panel, journal_table(entries, by_seq, run)]
+    if restarts:
+        parts.append(restarts_list(restarts))
     if not run.status.is_terminal:
-        todo = _todo(run, effects)
+        todo = _todo(run, [e for e in effects if e.run_id == run.run_id])
         if todo is not None:
             parts.append(todo)
     return Group(*parts)

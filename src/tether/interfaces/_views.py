@@ -76,6 +76,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "tags": list(run.tags),
         "forked_from": run.forked_from,
         "fork_seq": run.fork_seq,
+        "fork_replaced": run.fork_replaced,
     }
 
 

@@ -37,7 +37,7 @@ from .._records import EffectRecord, EffectState, JournalEntry, Run, RunStatus
 from ..engine import App
 from ..storage import redact_url
 from ._render import effects_table, preview, run_report, runs_table
-from ._views import effect_view, run_detail, run_summary
+from ._views import EVENT_EFFECT_KEYS, effect_view, iso_time, run_detail, run_summary
 from .http._cli import serve as serve_command
 
 __all__ = ["CommandError", "cli", "main"]
@@ -176,18 +176,38 @@ def show(
         bool, typer.Option("--json", help="Print the run and its journal as JSON.")
     ] = False,
 ) -> None:
-    """Show a run and its journal: every step, tool call, wait and child run, in order."""
+    """Show a run and its journal: every step, tool call, wait and child run, in order.
 
-    async def query(app: App) -> tuple[Run, list[JournalEntry], list[EffectRecord]]:
+    For a fork, the run it was forked from and the entries it shares with it; a run's
+    restarts (retries in place) with the entries they set aside.
+    """
+
+    async def query(app: App) -> tuple[Run, list[JournalEntry], list[EffectRecord], Any, int]:
         run = await app.get_run(run_id)
         entries = await app.get_journal(run_id)
-        return run, entries, await app.list_effects(run_id, limit=EVERY)
+        effects = await app.list_effects(run_id, limit=EVERY)
+        # A fork's shared rows are its origins': so are their tool calls' effects.
+        for owner in sorted({e.run_id for e in entries if e.kind == "tool"} - {run_id}):
+            rows = {e.seq for e in entries if e.run_id == owner}
+            theirs = await app.list_effects(owner, limit=EVERY)
+            effects += [effect for effect in theirs if effect.seq in rows]
+        restarts = await app.list_restarts(run_id)
+        forks = len(await app.list_runs(forked_from=run_id, limit=EVERY))
+        return run, entries, effects, restarts, forks
 
-    run, entries, effects = _query(ctx, query)
+    run, entries, effects, restarts, forks = _query(ctx, query)
     if as_json:
-        _print_json(run_detail(run, entries, effects))
+        own = [effect for effect in effects if effect.run_id == run_id]
+        detail = run_detail(run, entries, own)
+        shared = {effect.seq: effect_view(effect) for effect in effects if effect.run_id != run_id}
+        for entry, event in zip(entries, detail["events"], strict=True):
+            event["run_id"] = entry.run_id  # whose row: the run's own, or an origin's
+            if entry.seq in shared:
+                event["effect"] = {k: shared[entry.seq][k] for k in EVENT_EFFECT_KEYS}
+        detail["restarts"] = [restart | {"at": iso_time(restart.get("at"))} for restart in restarts]
+        _print_json(detail)
     else:
-        out.print(run_report(run, entries, effects))
+        out.print(run_report(run, entries, effects, forks=forks, restarts=restarts))
 
 
 # -- signal, cancel -----------------------------------------------------------------------
@@ -769,4 +789,5 @@ def main(argv: list[str] | None = None) -> None:
         _fail(describe(exc), 1)
 
 
-from . import _cli_control  # noqa: E402, F401  (registers overview, approvals, token, policy)
+# Each registers its commands: overview, approvals, token, policy; fork, tree, diff, retry.
+from . import _cli_control, _cli_fork  # noqa: E402, F401

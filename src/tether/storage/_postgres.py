@@ -555,8 +555,8 @@ class PostgresStore:
     async def _insert_run(conn: Conn, new: NewRun, now: float) -> bool:
         cur = await conn.execute(
             "WITH ins AS (INSERT INTO runs (run_id, workflow, status, args, parent_run_id, "
-            "parent_seq, created_at, updated_at, tags, forked_from, fork_seq) "
-            "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s) "
+            "parent_seq, created_at, updated_at, tags, forked_from, fork_seq, fork_replaced) "
+            "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id) DO NOTHING RETURNING run_id, workflow), "
             "tagged AS (INSERT INTO run_tags (tag, run_id) "
             "SELECT t, ins.run_id FROM ins, unnest(%s::text[]) AS t ON CONFLICT DO NOTHING) "
@@ -573,6 +573,7 @@ class PostgresStore:
                 tags_json(new.tags),
                 new.forked_from,
                 new.fork_seq,
+                new.fork_replaced,
                 list(new.tags),
                 CHANNEL,
                 new.run_id,

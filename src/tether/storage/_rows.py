@@ -59,7 +59,7 @@ BLOB_THRESHOLD = 4096
 RUN_COLUMNS = (
     "run_id, workflow, status, args, result, error, parent_run_id, parent_seq, created_at, "
     "updated_at, wake_at, lease_owner, lease_expires_at, fence, attempts, tags, forked_from, "
-    "fork_seq"
+    "fork_seq, fork_replaced"
 )
 JOURNAL_COLUMNS = (
     "run_id, seq, kind, name, status, input, input_ref, output, output_ref, error, "
@@ -285,6 +285,7 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         tags=tuple(json.loads(row[15])) if row[15] else (),
         forked_from=row[16],
         fork_seq=row[17],
+        fork_replaced=bool(row[18]),
     )
 
 

@@ -333,8 +333,8 @@ class SQLiteStore:
     def _insert_run(conn: sqlite3.Connection, new: NewRun, now: float) -> bool:
         cur = conn.execute(
             "INSERT INTO runs (run_id, workflow, status, args, parent_run_id, parent_seq, "
-            "created_at, updated_at, tags, forked_from, fork_seq) "
-            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+            "created_at, updated_at, tags, forked_from, fork_seq, fork_replaced) "
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             (
                 new.run_id,
                 new.workflow,
@@ -346,6 +346,7 @@ class SQLiteStore:
                 tags_json(new.tags),
                 new.forked_from,
                 new.fork_seq,
+                new.fork_replaced,
             ),
         )
         if cur.rowcount == 1:

@@ -57,6 +57,7 @@ class NewRun:
     tags: tuple[str, ...] = ()
     forked_from: str | None = None
     fork_seq: int | None = None
+    fork_replaced: bool = False
 
 
 @dataclass(slots=True)  # not frozen: built on every durable call, and frozen costs there

@@ -1,6 +1,8 @@
 -- Forks; the same columns as sql/sqlite/0005_forks.sql.
 ALTER TABLE runs ADD COLUMN forked_from TEXT;
 ALTER TABLE runs ADD COLUMN fork_seq INTEGER;
+-- The fork was made with its entry at fork_seq replaced (app.fork(..., replace=)).
+ALTER TABLE runs ADD COLUMN fork_replaced BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX runs_forked_from ON runs (forked_from) WHERE forked_from IS NOT NULL;
 CREATE TABLE run_restarts (
     run_id      TEXT NOT NULL,

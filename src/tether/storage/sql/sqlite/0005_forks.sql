@@ -2,6 +2,8 @@
 -- the origin's entries below fork_seq, read by reference (never copied), then its own.
 ALTER TABLE runs ADD COLUMN forked_from TEXT;
 ALTER TABLE runs ADD COLUMN fork_seq INTEGER;
+-- The fork was made with its entry at fork_seq replaced (app.fork(..., replace=)).
+ALTER TABLE runs ADD COLUMN fork_replaced INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX runs_forked_from ON runs (forked_from) WHERE forked_from IS NOT NULL;
 
 -- Retries in place (tether retry RUN_ID --from SEQ): each restart of a run from a seq, and
