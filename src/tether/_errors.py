@@ -220,7 +220,8 @@ class RunStateError(TetherError):
 class ForkError(TetherError):
     """A fork or a retry in place that cannot be made as asked: the position (a seq past
     the journal, below an unfinished entry, before an irreversible call already made) or
-    the replacement (not of the recorded output's shape or type)."""
+    the replacement (not of the recorded output's shape or type): ``problem`` is
+    ``"replacement"`` for the latter."""
 
     code = "fork"
 

@@ -4,7 +4,8 @@ be a server error; answers must match the documented status codes, content types
 schemas.
 
 The database is seeded first with runs in every interesting state (succeeded, waiting on
-a signal, awaiting approval, in doubt), so that the reads have something to return.
+a signal, awaiting approval, in doubt, failed and retried in place, forked), so that the
+reads have something to return.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def build_worker(url: str) -> App:
     async def bill(ctx: Context) -> str:
         return await charge(100)
 
+    @app.step
+    async def crash(x: int) -> int:
+        raise ValueError("always broken")
+
+    @app.workflow
+    async def crasher(ctx: Context, x: int) -> int:
+        return await crash(x)
+
     return app
 
 
@@ -83,22 +92,43 @@ async def seed(url: str) -> str:
         await worker.start("pay", "bob", 100, run_id="p1")
         await worker.start("waiter", run_id="w1")
         await worker.start("bill", run_id="b1")
+        await worker.start("crasher", 1, run_id="x1")
         wanted = {
             "c1": RunStatus.SUCCEEDED,
             "p1": RunStatus.WAITING,
             "w1": RunStatus.WAITING,
             "b1": RunStatus.NEEDS_ATTENTION,
+            "x1": RunStatus.FAILED,
         }
+        await settle(worker, wanted)
+        # A fork (with a replaced output) and a fork of it; a failed run retried in place.
+        await worker.fork("c1", 1, 5, run_id="c1-f")
+        await settle(worker, {"c1-f": RunStatus.SUCCEEDED})
+        await worker.fork("c1-f", 2, run_id="c1-f-f")
+        await worker.retry("x1", 1, by="seed", reason="once more")
+        await settle(worker, {"c1-f-f": RunStatus.SUCCEEDED})
+
+        async def restarted() -> bool:
+            return (await worker.get_run("x1")).status is RunStatus.FAILED and bool(
+                await worker.list_restarts("x1")
+            )
+
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            runs = {run_id: (await worker.get_run(run_id)).status for run_id in wanted}
-            if runs == wanted:
-                break
+        while not await restarted():
+            assert time.monotonic() < deadline, "the retried run did not fail again"
             await asyncio.sleep(0.02)
-        else:
-            raise AssertionError(f"seeding did not settle: {runs}")
         _, secret = await worker.create_token(Role.ADMIN, name="schemathesis")
     return secret
+
+
+async def settle(worker: App, wanted: dict[str, RunStatus]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        runs = {run_id: (await worker.get_run(run_id)).status for run_id in wanted}
+        if runs == wanted:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"seeding did not settle: {runs}")
 
 
 # The server is made at import, for its OpenAPI document; its database is made and seeded

@@ -37,15 +37,19 @@ def replace_model_answer(entry: JournalEntry, value: Any) -> dict[str, Any]:
         )
         raise ForkError(
             f"the replacement for {where} is not a model answer ({problems}); give the "
-            'answer\'s text, or {"role": "assistant", "content": ..., "tool_calls": [...]}'
+            'answer\'s text, or {"role": "assistant", "content": ..., "tool_calls": [...]}',
+            problem="replacement",
         ) from None
     if message.role != "assistant":
         raise ForkError(
             f"the replacement for {where} is a {message.role} message; a model answers with "
-            "an assistant message"
+            "an assistant message",
+            problem="replacement",
         )
     if not message.content and not message.tool_calls:
-        raise ForkError(f"the replacement for {where} says nothing and calls no tool")
+        raise ForkError(
+            f"the replacement for {where} says nothing and calls no tool", problem="replacement"
+        )
     recorded = entry.output if isinstance(entry.output, dict) else {}
     return {
         "message": message.model_dump(mode="json"),

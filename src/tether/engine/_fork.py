@@ -64,7 +64,9 @@ def _json_type(value: Any) -> str:
 def _check_replacement(app: App, entry: JournalEntry, value: Any) -> Any:
     where = f"the {entry.kind} {entry.name!r} at seq {entry.seq}"
     if entry.kind in _NOT_REPLACEABLE:
-        raise ForkError(f"cannot replace {where}: {_NOT_REPLACEABLE[entry.kind]}")
+        raise ForkError(
+            f"cannot replace {where}: {_NOT_REPLACEABLE[entry.kind]}", problem="replacement"
+        )
     check = _checks.get(entry.kind)
     if check is not None:
         return check(entry, value)
@@ -78,8 +80,10 @@ def _check_replacement(app: App, entry: JournalEntry, value: Any) -> Any:
             validate(value, declared)
         except SerializationError as exc:
             why = " ".join(str(exc).split("\n    For further information")[0].split())
-            raise ForkError(f"the replacement for {where} does not fit its return type: {why}") \
-                from None  # fmt: skip
+            raise ForkError(
+                f"the replacement for {where} does not fit its return type: {why}",
+                problem="replacement",
+            ) from None
         return value
     if entry.status is EntryStatus.COMPLETED:  # no type known here: keep the recorded shape
         recorded, given = _json_type(entry.output), _json_type(value)
@@ -87,14 +91,16 @@ def _check_replacement(app: App, entry: JournalEntry, value: Any) -> Any:
             raise ForkError(
                 f"the replacement for {where} is a JSON {given}, but it returned a JSON "
                 f"{recorded} ({json.dumps(entry.output, default=str)[:120]}); give one of "
-                "the same shape"
+                "the same shape",
+                problem="replacement",
             )
         if isinstance(entry.output, dict) and isinstance(value, dict):
             missing = sorted(set(entry.output) - set(value))
             if missing:
                 raise ForkError(
                     f"the replacement for {where} lacks the keys {missing} that its recorded "
-                    "output has; give an object with the same keys"
+                    "output has; give an object with the same keys",
+                    problem="replacement",
                 )
     return value
 

@@ -12,12 +12,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from ..._errors import EffectStateError
+from ..._errors import EffectStateError, RunNotFoundError
 from ..._records import EffectRecord, Role, Run, RunStatus
 from ...engine import App
-from .._views import effect_view, overview_view, run_detail, run_summary, token_view
+from .._lineage import diff_runs as lineage_diff
+from .._lineage import diff_view, fork_tree, tree_view
+from .._views import (
+    effect_view,
+    iso_time,
+    overview_view,
+    run_detail,
+    run_summary,
+    token_view,
+)
 from ._auth import Principal, is_dev, principal, require, tether_app
 from ._errors import ApiError
 from ._models import (
@@ -25,11 +35,15 @@ from ._models import (
     ApprovalList,
     BudgetBody,
     CancelBody,
+    DiffView,
     EffectList,
     EffectView,
     ErrorBody,
+    ForkBody,
     OverviewView,
     ResolveBody,
+    RestartList,
+    RetryBody,
     RunDetail,
     RunList,
     RunSummary,
@@ -39,6 +53,7 @@ from ._models import (
     TokenCreated,
     TokenList,
     TokenView,
+    TreeView,
     WhoAmI,
 )
 
@@ -389,6 +404,127 @@ async def cancel_run(
     reason = body.reason if body is not None and body.reason else "cancelled"
     cancelled: Run = await app.cancel(run_id, f"{reason} (by {who.name})")
     return run_summary(cancelled)
+
+
+# -- forks and retries --------------------------------------------------------------------
+_fork_errors: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such run."},
+    409: {
+        "model": ErrorBody,
+        "description": "The position does not fit the run's journal now (past its end, "
+        "below an unfinished entry, before an irreversible call already made), the run is "
+        "not in a state for this, or the run_id is taken by another run.",
+    },
+    422: {
+        "model": ErrorBody,
+        "description": "Malformed body, or a replacement that does not fit the entry.",
+    },
+}
+
+
+_fork_existed: dict[int | str, dict[str, Any]] = {
+    200: {"model": RunSummary, "description": "The fork already existed (the same run_id)."}
+}
+
+
+@router.post(
+    "/runs/{run_id}/fork",
+    tags=["forks"],
+    response_model=RunSummary,
+    status_code=201,
+    responses=_fork_existed | _fork_errors,
+    summary="Fork a run at a journal position, optionally replacing that entry's output",
+)
+async def fork_run(who: Approver, app: Tether, run_id: RunId, body: ForkBody) -> JSONResponse:
+    """A new run that shares the origin's entries below `at_seq` by reference (nothing is
+    copied, nothing in them runs again: their model answers, tool results and effects are
+    the origin's) and goes on from there. With `replace`, the entry at `at_seq` is recorded
+    with that output and the fork continues after it. Its calls from there on are new
+    calls with new idempotency keys, decided by the policy anew: a fork acts on the world,
+    hence the approver role. Answers the new run (201), or with `run_id` of a fork that
+    already exists (same origin and seq), that run (200)."""
+    existed = False
+    if body.run_id is not None:
+        try:
+            await app.get_run(body.run_id)
+            existed = True
+        except RunNotFoundError:
+            existed = False
+    handle = await app.fork(run_id, body.at_seq, body.replace, run_id=body.run_id)
+    run = await app.get_run(handle.run_id)
+    return JSONResponse(run_summary(run), status_code=200 if existed else 201)
+
+
+@router.get(
+    "/runs/{run_id}/tree",
+    tags=["forks"],
+    response_model=TreeView,
+    response_model_exclude_unset=True,
+    responses=_not_found,
+    summary="The tree of forks a run belongs to, from its root",
+)
+async def fork_tree_of(_: Viewer, app: Tether, run_id: RunId) -> dict[str, Any]:
+    """The run's lineage: from the root of its fork chain (the run that is no fork) down
+    through every fork of every branch; each node says where it was forked (`fork_seq`)."""
+    return tree_view(await fork_tree(app, run_id))
+
+
+@router.get(
+    "/diff",
+    tags=["forks"],
+    response_model=DiffView,
+    response_model_exclude_unset=True,
+    responses=_not_found,
+    summary="Compare two runs: the first divergent entry and what differs after it",
+)
+async def diff_runs(
+    _: Viewer,
+    app: Tether,
+    a: Annotated[str, Query(min_length=1, max_length=500, description="One run's id.")],
+    b: Annotated[str, Query(min_length=1, max_length=500, description="The other's.")],
+) -> dict[str, Any]:
+    """Typically a run and a fork of it (or two forks): the entries they share, the first
+    seq where they differ, then what differs after it (model answers, tool calls and their
+    effects, the result)."""
+    return diff_view(await lineage_diff(app, a, b))
+
+
+@router.post(
+    "/runs/{run_id}/retry",
+    tags=["forks"],
+    response_model=RunSummary,
+    responses=_fork_errors,
+    summary="Retry a failed or needs_attention run in place from a seq",
+)
+async def retry_run(who: Approver, app: Tether, run_id: RunId, body: RetryBody) -> dict[str, Any]:
+    """After a code fix: the entries before `from_seq` are kept and replayed, those from
+    it on are set aside (kept for the audit: `GET /runs/{run_id}/restarts`), and the run
+    executes afresh from `from_seq` on the next worker. Recorded with `by` (you) and
+    `reason`. Refused (409) when that would make an irreversible call again that was
+    already made or may have been, or drop a child run or entries a fork shares: fork the
+    run instead."""
+    run = await app.retry(run_id, body.from_seq, by=who.name, reason=body.reason)
+    return run_summary(run)
+
+
+@router.get(
+    "/runs/{run_id}/restarts",
+    tags=["forks"],
+    response_model=RestartList,
+    responses=_not_found,
+    summary="A run's retries in place, with the entries each set aside",
+)
+async def list_run_restarts(_: Viewer, app: Tether, run_id: RunId) -> dict[str, Any]:
+    restarts = await app.list_restarts(run_id)
+    return {"run_id": run_id, "restarts": [restart_view(r) for r in restarts]}
+
+
+def restart_view(restart: dict[str, Any]) -> dict[str, Any]:
+    """A restart record with its time as ISO 8601."""
+    at = restart.get("at")
+    if isinstance(at, int | float) and not isinstance(at, bool):
+        return restart | {"at": iso_time(float(at))}
+    return restart
 
 
 # -- tokens -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..._errors import (
     EffectStateError,
+    ForkError,
     RunIdConflictError,
     RunNotFoundError,
     RunStateError,
@@ -41,9 +42,16 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def status_of(exc: TetherError) -> int:
     """The HTTP status of a Tether error: a missing run 404, a command the run or effect
-    is not in a state for 409, a database outage 503, any other (bad input) 400."""
+    is not in a state for 409, a database outage 503, any other (bad input) 400.
+
+    A :class:`~tether.ForkError` is 422 when the replacement output does not fit the
+    recorded entry (the request is wrong whatever the run's state), else 409: the position
+    does not fit the run's journal as it is now (past its end, below an unfinished entry,
+    before an irreversible call already made)."""
     if isinstance(exc, RunNotFoundError):
         return 404
+    if isinstance(exc, ForkError):
+        return 422 if getattr(exc, "problem", None) == "replacement" else 409
     if isinstance(exc, RunStateError | EffectStateError | RunIdConflictError):
         return 409
     if isinstance(exc, StorageError):

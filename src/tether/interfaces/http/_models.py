@@ -21,12 +21,17 @@ __all__ = [
     "ApprovalList",
     "BudgetBody",
     "CancelBody",
+    "DiffView",
     "EffectList",
     "EffectView",
     "ErrorBody",
+    "ForkBody",
     "Health",
     "OverviewView",
     "ResolveBody",
+    "RestartList",
+    "RestartView",
+    "RetryBody",
     "RunDetail",
     "RunList",
     "RunSummary",
@@ -36,6 +41,7 @@ __all__ = [
     "TokenCreated",
     "TokenList",
     "TokenView",
+    "TreeView",
     "WhoAmI",
 ]
 
@@ -85,6 +91,19 @@ class RunSummary(_View):
     wake_at: str | None = Field(description="When a sleeping or waiting run wakes.")
     attempts: int
     tags: list[str] = Field(description="Labels given at start; children inherit them.")
+    forked_from: str | None = Field(
+        default=None, description="A fork: the run it was made from (else null)."
+    )
+    fork_seq: int | None = Field(
+        default=None,
+        description="A fork: the seq its own journal starts at; below it, the journal is "
+        "the origin's, shared by reference.",
+    )
+    fork_replaced: bool | None = Field(
+        default=None,
+        description="A fork made with a replacement: its own entry at fork_seq records "
+        "that output instead of the origin's.",
+    )
 
 
 class RunList(_View):
@@ -230,6 +249,21 @@ class SignalSent(_View):
     run_status: str
 
 
+def _finite_json(value: Any) -> Any:
+    # The JSON parser takes NaN, Infinity and 1e999, which JSON has not and neither
+    # database stores: a user's mistake, not the database's.
+    todo = [value]
+    while todo:  # without recursion: the parser allows deeper nesting than Python
+        item = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{item} is not a JSON number; give a finite one")
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return value
+
+
 class ResolveBody(_Body):
     action: Literal["done", "retry", "abort"] = Field(
         description="done: it happened (give its result); retry: it did not, make it "
@@ -241,18 +275,7 @@ class ResolveBody(_Body):
     @field_validator("result")
     @classmethod
     def _finite(cls, value: Any) -> Any:
-        # The JSON parser takes NaN, Infinity and 1e999, which JSON has not and neither
-        # database stores in the call's history: a user's mistake, not the database's.
-        todo = [value]
-        while todo:  # without recursion: the parser allows deeper nesting than Python
-            item = todo.pop()
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ValueError(f"{item} is not a JSON number; give a finite one")
-            if isinstance(item, dict):
-                todo.extend(item.values())
-            elif isinstance(item, list):
-                todo.extend(item)
-        return value
+        return _finite_json(value)
 
 
 class BudgetBody(_Body):
@@ -291,6 +314,163 @@ class CancelBody(_Body):
     reason: str | None = Field(
         default=None, min_length=1, max_length=2000, description="Why; recorded as its error."
     )
+
+
+# -- forks and retries --------------------------------------------------------------------
+MAX_SEQ = 2_147_483_647  # an INTEGER column on PostgreSQL
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON numbers only (3.0 is a whole number too, as JSON Schema says), not "3" or true.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    return value
+
+
+class ForkBody(_Body):
+    at_seq: int = Field(
+        ge=1,
+        le=MAX_SEQ,
+        description="The fork shares the origin's entries below this seq and goes on from "
+        "it: from 1 to one past the journal's end (the next call the origin would make).",
+    )
+    replace: Any = Field(
+        default=None,
+        description="Optional: the output to record at at_seq instead (JSON), after which "
+        "the fork continues. For a model call: the answer's text, an assistant message "
+        '({"role": "assistant", "content": ..., "tool_calls": [...]}) or a whole model '
+        "output; for a step or tool: a value of its return type (or of the recorded "
+        "output's JSON shape). Null or left out: the entry at at_seq runs afresh.",
+    )
+    run_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="The new run's id (else one is made). Idempotent: the same fork again "
+        "answers the run it made (200).",
+    )
+
+    @field_validator("replace")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return _finite_json(value)
+
+    @field_validator("at_seq", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        return _whole_number(value)
+
+
+class RetryBody(_Body):
+    from_seq: int = Field(
+        ge=1,
+        le=MAX_SEQ,
+        description="Entries from this seq on are set aside (kept for the audit) and the "
+        "run executes afresh from it; those before it are kept and replayed.",
+    )
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Why (the code fix, say); recorded with the restart.",
+    )
+
+    @field_validator("from_seq", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        return _whole_number(value)
+
+
+class DiscardedEntry(_View):
+    seq: int
+    kind: str
+    name: str
+    status: str
+
+
+class RestartView(_View):
+    """One retry in place of a run."""
+
+    restart: int = Field(description="1 for the run's first restart, then 2, ...")
+    from_seq: int
+    at: str | None = Field(description="When it was restarted.")
+    by: str | None = Field(description="Who restarted it.")
+    reason: str | None
+    status: str | None = Field(description="The run's status when it was restarted.")
+    error: Any = Field(description="The run's error then.")
+    discarded: list[DiscardedEntry] = Field(
+        description="The entries set aside (kept for the audit, never replayed)."
+    )
+
+
+class RestartList(_View):
+    run_id: str
+    restarts: list[RestartView] = Field(description="Oldest first.")
+
+
+class TreeRun(RunSummary):
+    """A run of a fork tree: its summary, its depth and its direct forks."""
+
+    depth: int = Field(description="0 for the root, 1 for its forks, ...")
+    forks: list[str] = Field(description="The ids of the runs forked from it, by fork point.")
+    current: bool = Field(description="Whether it is the run asked about.")
+
+
+class TreeView(_View):
+    """The tree of forks that holds a run, from its root (the run no fork made)."""
+
+    run_id: str = Field(description="The run asked about.")
+    root_run_id: str
+    truncated: bool = Field(description="More than 1000 runs: some forks are left out.")
+    runs: list[TreeRun] = Field(description="Depth first: a run before its forks.")
+
+
+class DiffSide(_View):
+    """One run's entry at a seq where the two differ (an event, plus what follows)."""
+
+    seq: int
+    kind: str
+    name: str
+    status: str
+    run_id: str = Field(description="Whose row it is: the run's own, or its origin's.")
+    shared: bool = Field(description="A row of the run's origin, shared by reference.")
+    summary: str = Field(description="One line on what it did.")
+    model: dict[str, Any] | None = Field(
+        default=None, description="A model call: its text, tool_calls, and replaced."
+    )
+    effect: dict[str, Any] | None = Field(
+        default=None, description="A tool call: its record in the effect log."
+    )
+
+
+class DiffChange(_View):
+    seq: int
+    what: str = Field(description="model, tool, wait, step, or mixed (different kinds).")
+    differs: list[str] = Field(
+        description="What differs: missing, kind, name, tool, status, error, text, "
+        "tool_calls, request, args, result, state, input, output."
+    )
+    a: DiffSide | None = Field(description="Run a's entry (null: it has none here).")
+    b: DiffSide | None = Field(description="Run b's entry (null: it has none here).")
+
+
+class DiffOutcome(_View):
+    differs: list[str] = Field(description="Of status, result, error.")
+    a: dict[str, Any]
+    b: dict[str, Any]
+
+
+class DiffView(_View):
+    """Two runs compared (`tether diff --json`)."""
+
+    a: RunSummary
+    b: RunSummary
+    same: bool = Field(description="Same journals and the same end.")
+    shared_entries: int = Field(description="Entries that are one row shared by reference.")
+    same_before: int = Field(description="Entries before the first divergent seq.")
+    first_divergent_seq: int | None = Field(description="Null: the journals are the same.")
+    changes: list[DiffChange] = Field(description="Each seq that differs, from the first.")
+    outcome: DiffOutcome
 
 
 # -- tokens -------------------------------------------------------------------------------

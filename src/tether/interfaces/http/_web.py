@@ -25,8 +25,9 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from ..._errors import BudgetExceededError, RunNotFoundError
+from ..._errors import BudgetExceededError, RunNotFoundError, StorageError, TetherError
 from ..._records import EffectState, Role, Run, RunStatus
+from .._lineage import diff_runs, diff_view, fork_tree
 from ._auth import (
     Principal,
     clear_token_cookie,
@@ -37,13 +38,26 @@ from ._auth import (
     tether_app,
     verify_csrf,
 )
-from ._errors import ApiError
-from ._webview import budget_suggestion, child_ids, install_filters, requested, run_note, timeline
+from ._errors import ApiError, status_of
+from ._webview import (
+    Refusal,
+    TreeRow,
+    budget_suggestion,
+    child_ids,
+    install_filters,
+    requested,
+    run_note,
+    timeline,
+    tree_rows,
+)
 
 __all__ = ["error_page", "router"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 EVERY = 1_000_000_000  # a limit for list_effects that means all of a run's effects
+# A recorded output longer than this (as JSON text) is not put into a fork form to edit.
+MAX_EDIT = 50_000
+MAX_FORKS_SHOWN = 20  # a run page lists this many forks; the branch view has them all
 MAX_SEQ = 2_147_483_647
 PAGE_SIZE = 50
 
@@ -68,7 +82,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     install_filters(env)
-    env.globals.update(dom_id=_dom_id, requested=requested)
+    env.globals.update(dom_id=_dom_id, requested=requested, max_edit=MAX_EDIT)
     return env
 
 
@@ -241,12 +255,24 @@ async def runs_fragment(
 
 # -- one run ------------------------------------------------------------------------------
 async def _run_context(
-    request: Request, who: Principal, run_id: str, *, fragment: bool
+    request: Request,
+    who: Principal,
+    run_id: str,
+    *,
+    fragment: bool,
+    refused: Refusal | None = None,
 ) -> dict[str, Any]:
     app = tether_app(request)
     run = await app.get_run(run_id)
     entries = await app.get_journal(run_id)
     effects = await app.list_effects(run_id, limit=EVERY)
+    # A fork's prefix is its origin's rows: their tool calls are in the origin's log.
+    shown = list(effects)
+    for owner in sorted({e.run_id for e in entries if e.kind == "tool"} - {run_id}):
+        try:
+            shown += await app.list_effects(owner, limit=EVERY)
+        except RunNotFoundError:
+            continue
     order = child_ids(entries)
     children: dict[str, Run] = {}
     for child_id in order:
@@ -254,7 +280,7 @@ async def _run_context(
             children[child_id] = await app.get_run(child_id)
         except RunNotFoundError:
             continue  # the entry is written with the child; a missing one shows as a link
-    items = timeline(entries, effects, children)
+    items = timeline(entries, shown, children, run)
     approvals = [e for e in effects if e.state is EffectState.AWAITING_APPROVAL]
     in_doubt = [e for e in effects if e.state is EffectState.IN_DOUBT]
     error = run.error if run.status is RunStatus.NEEDS_ATTENTION else None
@@ -264,12 +290,22 @@ async def _run_context(
     todo = None
     if approvals or in_doubt or budget:
         todo = {"approvals": approvals, "in_doubt": in_doubt, "budget": budget}
-    models = {"calls": 0, "tokens": 0, "cost": 0.0}
+    # What this run spent: a fork's shared prefix is its origin's spending, counted apart.
+    models = {"calls": 0, "tokens": 0, "cost": 0.0, "shared": 0}
     for item in items:
-        if item.model is not None:
+        if item.model is not None and item.shared:
+            models["shared"] += 1
+        elif item.model is not None and not item.replaced:  # a person's, not a model's
             models["calls"] += 1
             models["tokens"] += item.model.input_tokens + item.model.output_tokens
             models["cost"] += item.model.cost_usd or 0.0
+    origin = None
+    if run.forked_from is not None:
+        try:
+            origin = await app.get_run(run.forked_from)
+        except RunNotFoundError:
+            origin = None
+    forks = await app.list_runs(forked_from=run_id, limit=MAX_FORKS_SHOWN + 1)
     return await _context(
         request,
         who,
@@ -280,6 +316,11 @@ async def _run_context(
         child_order=order,
         todo=todo,
         models=models,
+        origin=origin,
+        forks=forks,
+        restarts=await app.list_restarts(run_id),
+        retryable=run.status in (RunStatus.FAILED, RunStatus.NEEDS_ATTENTION),
+        refused=refused,
         fragment=fragment,
     )
 
@@ -352,15 +393,20 @@ def _run_url(run_id: str) -> str:
 
 
 async def _after_run_action(
-    request: Request, who: Principal, run_id: str, message: str
+    request: Request, who: Principal, run_id: str, message: str, *, retarget: bool = False
 ) -> Response:
-    """An action on the run page done: the run's live region again, and a note in #flash."""
+    """An action on the run page done: the run's live region again, and a note in #flash.
+    ``retarget``: the form aimed its answer elsewhere (its own message slot, for a
+    refusal), so say where the region goes."""
     if not _is_htmx(request):
         return RedirectResponse(_run_url(run_id), status_code=303)
     context = await _run_context(request, who, run_id, fragment=True)
     region = templates.get_template("_run.html").render(context | {"request": request})
     flash = templates.get_template("_flash.html").render(ok=True, message=message, oob=True)
-    return HTMLResponse(region + flash, headers=NO_STORE)
+    headers = NO_STORE
+    if retarget:
+        headers = headers | {"HX-Retarget": "#run-live", "HX-Reswap": "outerHTML"}
+    return HTMLResponse(region + flash, headers=headers)
 
 
 @router.post("/ui/approve", response_class=HTMLResponse)
@@ -448,20 +494,25 @@ def _finite(text: str) -> float:
 
 def _json_result(text: str) -> Any:
     """The result a person typed for "It happened", as JSON (422 if it is not JSON)."""
-    example = 'write it as JSON, e.g. {"message_id": "m-42"} or "sent"'
+    return _json_value(text, "the result", 'e.g. {"message_id": "m-42"} or "sent"')
+
+
+def _json_value(text: str, what: str, examples: str) -> Any:
+    """JSON a person typed into a form (422 naming ``what`` if it is not JSON)."""
+    example = f"write it as JSON, {examples}"
     try:
         return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise ApiError(
             422,
             "invalid_request",
-            f"the result is not valid JSON ({exc.msg} at character {exc.pos}); {example}",
+            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}); {example}",
         ) from None
     except ValueError as exc:  # NaN or Infinity, which JSON has not
-        raise ApiError(422, "invalid_request", f"the result: {exc}; {example}") from None
+        raise ApiError(422, "invalid_request", f"{what}: {exc}; {example}") from None
     except RecursionError:
         raise ApiError(
-            422, "invalid_request", f"the result is nested too deeply to store; {example}"
+            422, "invalid_request", f"{what} is nested too deeply to store; {example}"
         ) from None
 
 
@@ -499,6 +550,202 @@ async def budget_action(
         run_id,
         f"Budget raised to {' and '.join(g for g in given if g)}; the run resumes.",
     )
+
+
+# -- forks and retries ------------------------------------------------------------------
+def _text(value: str) -> str:
+    """A textarea's text as typed: browsers send its line breaks as CRLF."""
+    return value.replace("\r\n", "\n")
+
+
+async def _refused(
+    request: Request, who: Principal, run_id: str, refusal: Refusal, status_code: int
+) -> Response:
+    """A fork or retry the App refused: the message next to the form that asked, which
+    keeps what was typed (htmx swaps only the message in; a plain form post gets the run
+    page again with the form open, its values kept)."""
+    if _is_htmx(request):
+        html = templates.get_template("_refusal.html").render(refusal=refusal)
+        return HTMLResponse(html, status_code=status_code, headers=NO_STORE)
+    context = await _run_context(request, who, run_id, fragment=False, refused=refusal)
+    return _render(request, "run.html", context, status_code=status_code)
+
+
+def _refusal_status(exc: Exception) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status_code
+    assert isinstance(exc, TetherError)
+    return status_of(exc)
+
+
+@router.post("/ui/fork", response_class=HTMLResponse)
+async def fork_action(
+    request: Request,
+    who: Approver,
+    run_id: Annotated[str, Form(min_length=1, max_length=500)],
+    seq: Annotated[str, Form()],
+    mode: Annotated[str, Form()] = "replace",
+    answer: Annotated[str | None, Form(max_length=1_000_000)] = None,
+    replace: Annotated[str | None, Form(max_length=1_000_000)] = None,
+) -> Response:
+    """Fork ``run_id`` at ``seq``: ``mode=replace`` records ``answer`` (a model's text)
+    or ``replace`` (JSON) there instead and goes on after it; ``mode=rerun`` runs the
+    entry again. Then the new run's page."""
+    at = _seq(seq)
+    values = {"answer": _text(answer or ""), "replace": _text(replace or "")}
+    app = tether_app(request)
+    try:
+        value: Any = None
+        if mode == "replace":
+            value = _replacement(values["answer"] if answer is not None else None, replace)
+        elif mode != "rerun":
+            raise ApiError(422, "invalid_request", f"mode must be replace or rerun, not {mode!r}")
+        handle = await app.fork(run_id, at, value)
+    except (ApiError, TetherError) as exc:
+        if isinstance(exc, RunNotFoundError | StorageError):
+            raise
+        refusal = Refusal("fork", at, _refusal_message(exc), values)
+        return await _refused(request, who, run_id, refusal, _refusal_status(exc))
+    target = _run_url(handle.run_id)
+    if _is_htmx(request):
+        return Response(status_code=200, headers=NO_STORE | {"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def _refusal_message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, ApiError | TetherError) else str(exc)
+
+
+def _replacement(answer: str | None, replace: str | None) -> Any:
+    """What a fork form asks to record: a model's answer as text, or JSON."""
+    again = "or use 'Fork and run it again' to make the call afresh"
+    if answer is not None:
+        if not answer.strip():
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"the answer is empty: write the answer the model should have given, {again}",
+            )
+        return answer.strip()
+    if replace is None or not replace.strip():
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the replacement is empty: write the output to record, as JSON, {again}",
+        )
+    value = _json_value(replace, "the replacement", 'e.g. {"total": 42} or "approved"')
+    if value is None:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"null is no replacement: write the output to record, as JSON, {again}",
+        )
+    return value
+
+
+@router.post("/ui/retry", response_class=HTMLResponse)
+async def retry_action(
+    request: Request,
+    who: Approver,
+    run_id: Annotated[str, Form(min_length=1, max_length=500)],
+    seq: Annotated[str, Form()],
+    reason: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Retry a failed or needs_attention run in place from ``seq``."""
+    at = _seq(seq)
+    try:
+        await tether_app(request).retry(run_id, at, by=who.name, reason=reason.strip() or None)
+    except TetherError as exc:
+        if isinstance(exc, RunNotFoundError | StorageError):
+            raise
+        refusal = Refusal("retry", at, exc.message, {"reason": reason})
+        return await _refused(request, who, run_id, refusal, status_of(exc))
+    return await _after_run_action(
+        request,
+        who,
+        run_id,
+        f"Retrying from seq {at}: the entries from it on are set aside (kept below) and the "
+        "run goes on from there on the next worker.",
+        retarget=True,
+    )
+
+
+# -- lineage: the branch view and the diff -----------------------------------------------
+async def _tree_context(
+    request: Request, who: Principal, run_id: str, *, fragment: bool
+) -> dict[str, Any]:
+    tree = await fork_tree(tether_app(request), run_id)
+    rows = tree_rows(tree)
+    live = any(not row.run.status.is_terminal for row in rows)
+    current = next((row for row in rows if row.current), None)
+    if current is None:  # a tree past MAX_TREE runs may leave the run asked about out
+        run = await tether_app(request).get_run(run_id)
+        current = TreeRow(run, 0, True, run.forked_from, 0)
+    # The compare form starts on the run asked about and its origin (or its first fork).
+    if current.origin is not None:
+        compare = (current.origin, current.run.run_id)
+    else:
+        first = next((row for row in rows if row.origin == current.run.run_id), current)
+        compare = (current.run.run_id, first.run.run_id)
+    return await _context(
+        request,
+        who,
+        "runs",
+        tree=tree,
+        rows=rows,
+        current=current.run,
+        compare=compare,
+        live=live,
+        fragment=fragment,
+    )
+
+
+@router.get("/tree/{run_id:path}", response_class=HTMLResponse)
+async def tree_page(request: Request, who: Viewer, run_id: str) -> Response:
+    context = await _tree_context(request, who, run_id, fragment=False)
+    return _render(request, "tree.html", context)
+
+
+@router.get("/ui/tree/{run_id:path}", response_class=HTMLResponse)
+async def tree_fragment(request: Request, who: Viewer, run_id: str) -> Response:
+    context = await _tree_context(request, who, run_id, fragment=True)
+    return _render(request, "_tree.html", context)
+
+
+DiffId = Annotated[str, Query(min_length=1, max_length=500)]
+
+
+async def _diff_context(
+    request: Request, who: Principal, a: str, b: str, *, fragment: bool
+) -> dict[str, Any]:
+    diff = await diff_runs(tether_app(request), a, b)
+    view = diff_view(diff)
+    live = not (diff.a.status.is_terminal and diff.b.status.is_terminal)
+    return await _context(
+        request,
+        who,
+        "runs",
+        diff=diff,
+        view=view,
+        a=diff.a,
+        b=diff.b,
+        query=urlencode({"a": a, "b": b}),
+        swapped=urlencode({"a": b, "b": a}),
+        live=live,
+        fragment=fragment,
+    )
+
+
+@router.get("/diff", response_class=HTMLResponse)
+async def diff_page(request: Request, who: Viewer, a: DiffId, b: DiffId) -> Response:
+    context = await _diff_context(request, who, a, b, fragment=False)
+    return _render(request, "diff.html", context)
+
+
+@router.get("/ui/diff", response_class=HTMLResponse)
+async def diff_fragment(request: Request, who: Viewer, a: DiffId, b: DiffId) -> Response:
+    context = await _diff_context(request, who, a, b, fragment=True)
+    return _render(request, "_diff.html", context)
 
 
 # -- login --------------------------------------------------------------------------------

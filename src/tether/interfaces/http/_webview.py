@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +18,7 @@ from urllib.parse import quote
 import jinja2
 
 from ..._records import EffectRecord, EffectState, EntryStatus, JournalEntry, Run, RunStatus
+from .._lineage import Tree, TreeNode, is_replaced
 from .._render import preview, took_text
 from .._views import duration_ms, iso_time
 
@@ -27,6 +28,8 @@ __all__ = [
     "Event",
     "Item",
     "ModelCall",
+    "Refusal",
+    "TreeRow",
     "budget_suggestion",
     "child_ids",
     "error_line",
@@ -35,6 +38,7 @@ __all__ = [
     "requested",
     "run_note",
     "timeline",
+    "tree_rows",
 ]
 
 STATUSES = [status.value for status in RunStatus]
@@ -93,6 +97,96 @@ class Item:
     wake_at: float | None = None
     child_id: str | None = None
     child: Run | None = None
+    # A fork's journal: an entry of its origin's, shared by reference (``entry.run_id``
+    # names whose), and the entry a fork recorded in place of the origin's (``replace``).
+    shared: bool = False
+    replaced: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Completed or failed: a fork may start here (and replace its output)."""
+        return self.status in ("completed", "failed")
+
+    @property
+    def replaceable(self) -> bool:
+        """Whether a fork may record another output here (a sleep has none)."""
+        return self.finished and self.kind != "sleep"
+
+    def fork_value(self) -> str:
+        """What the fork form starts with: a model answer's text, else the recorded
+        output as JSON (nothing for a failed entry, which returned nothing)."""
+        if self.model is not None:
+            return self.model.text or ""
+        if self.status != "completed":
+            return ""
+        return json.dumps(self.entry.output, indent=2, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A fork or retry the App refused, shown next to the form that asked (``action``
+    at ``seq``), with what was typed in it (``values``, by field name)."""
+
+    action: str  # "fork" or "retry"
+    seq: int
+    message: str
+    values: dict[str, str]
+
+    def value(self, action: str, seq: int, name: str, default: str) -> str:
+        if (self.action, self.seq) == (action, seq):
+            return self.values.get(name, default)
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRow:
+    """One run of the branch view: how deep it is, which run it was forked from, at
+    which seq, how many forks it has, and the tree's lines to its left (``guides``, one
+    per level: ``pipe`` an ancestor's line going on down, ``blank`` none, then ``tee``
+    or, for the last fork of its origin, ``elbow``)."""
+
+    run: Run
+    depth: int
+    current: bool
+    origin: str | None
+    forks: int
+    guides: tuple[str, ...] = ()
+
+    @property
+    def indent(self) -> str:
+        """How deep it is, for a select's option (where spaces collapse)."""
+        return "\u00a0\u00a0" * max(0, self.depth - 1) + ("↳ " if self.depth else "")
+
+
+MAX_GUIDES = 8  # levels of lines drawn; a deeper run is drawn at this depth
+
+
+def tree_rows(tree: Tree) -> list[TreeRow]:
+    """The branch tree as rows, depth first (a run before its forks)."""
+    rows = []
+    # (node, depth, its origin, whether each of its ancestors below the root and it
+    # itself is the last fork of its own origin)
+    stack: list[tuple[TreeNode, int, str | None, tuple[bool, ...]]] = [(tree.root, 0, None, ())]
+    while stack:
+        node, depth, origin, lasts = stack.pop()
+        guides = tuple("blank" if last else "pipe" for last in lasts[:-1])
+        if lasts:
+            guides += ("elbow" if lasts[-1] else "tee",)
+        run = node.run
+        rows.append(
+            TreeRow(
+                run,
+                depth,
+                run.run_id == tree.run_id,
+                origin,
+                len(node.forks),
+                guides[-MAX_GUIDES:],
+            )
+        )
+        count = len(node.forks)
+        for index, fork in reversed(list(enumerate(node.forks))):
+            stack.append((fork, depth + 1, run.run_id, (*lasts, index == count - 1)))
+    return rows
 
 
 def error_line(error: dict[str, Any] | None) -> str:
@@ -128,11 +222,27 @@ def child_ids(entries: list[JournalEntry]) -> list[str]:
 
 
 def timeline(
-    entries: list[JournalEntry], effects: list[EffectRecord], children: dict[str, Run]
+    entries: list[JournalEntry],
+    effects: list[EffectRecord],
+    children: dict[str, Run],
+    run: Run | None = None,
 ) -> list[Item]:
-    """Every journal entry in seq order, each with what a person wants to know of it."""
-    by_seq = {effect.seq: effect for effect in effects}
-    return [_item(entry, by_seq.get(entry.seq), children) for entry in entries]
+    """Every journal entry in seq order, each with what a person wants to know of it.
+
+    ``effects`` are those of every run whose rows the journal holds (a fork's prefix is
+    its origin's); each entry gets the effect of its own row. With ``run``, the entries
+    of a fork's origin are marked ``shared`` and the one it replaced ``replaced``."""
+    by_row = {(effect.run_id, effect.seq): effect for effect in effects}
+    items = []
+    for entry in entries:
+        item = _item(entry, by_row.get((entry.run_id, entry.seq)), children)
+        if run is not None:
+            shared = entry.run_id != run.run_id
+            replaced = not shared and is_replaced(run, entry)
+            if shared or replaced:
+                item = replace(item, shared=shared, replaced=replaced)
+        items.append(item)
+    return items
 
 
 def _item(entry: JournalEntry, effect: EffectRecord | None, children: dict[str, Run]) -> Item:
