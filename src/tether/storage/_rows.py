@@ -105,10 +105,16 @@ def effect_query(
     if seq:
         where.append(f"e.seq = {mark}")
     if in_doubt:  # what a person can still act on: not of a run that has ended
-        where.append("e.in_doubt = TRUE AND r.status NOT IN ('succeeded', 'failed', 'cancelled')")
+        # Written as the partial index effects_in_doubt is declared (SQLite: = 1), so that
+        # both backends use it instead of walking every effect.
+        truth = "1" if mark == "?" else "TRUE"
+        where.append(
+            f"e.in_doubt = {truth} AND r.status NOT IN ('succeeded', 'failed', 'cancelled')"
+        )
     if awaiting_approval:
         where.append(
-            "e.attempt = 0 AND j.status = 'waiting' AND e.resolution IS NULL "
+            "j.status = 'waiting' AND j.kind = 'tool' AND e.attempt = 0 "
+            "AND e.resolution IS NULL "
             "AND r.status NOT IN ('succeeded', 'failed', 'cancelled')"
         )
     clause = f"WHERE {' AND '.join(where)}" if where else ""
