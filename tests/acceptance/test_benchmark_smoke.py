@@ -116,3 +116,63 @@ def test_agent_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: 
     # What the 50th entry stands for is far bigger than the 10th's; what it stores is not.
     assert figures["storage"]["turn_50"]["copied"] > 3 * figures["storage"]["turn_10"]["copied"]
     assert figures["overhead"]["model_call_ms"] > 0
+
+
+CONTROL_PLANE_READS = (
+    "overview()",
+    "list_approvals()",
+    "list_runs(limit=50)",
+    'list_runs(status="waiting", limit=50)',
+    'list_runs(tag="tenant:7", limit=50)',
+    "list_runs(limit=50, offset=N/2)",
+    "check_token(secret)",
+    "GET /api/v1/overview",
+    "GET / (HTML)",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_control_plane_benchmark_quick_mode_runs(
+    backend: str, tmp_path: Path, request: Any
+) -> None:
+    if backend == "postgres":
+        request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
+    out = tmp_path / "control-plane.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "control_plane.py"),
+            "--quick",
+            "--backend",
+            backend,
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ms per call, median / p95" in proc.stdout
+    for read in CONTROL_PLANE_READS:
+        assert read in proc.stdout
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert list(figures["sizes"]) == ["1000"]  # --quick: the smallest database only
+    size = figures["sizes"]["1000"]
+    assert size["runs"] == 1000
+    # The seed holds the mix: runs in every state a dashboard shows, and calls to approve.
+    counts = size["facts"]["counts"]
+    for status in ("succeeded", "failed", "waiting", "running", "needs_attention"):
+        assert counts.get(status, 0) > 0, (status, counts)
+    assert size["facts"]["approvals_page"] > 0 and size["facts"]["workers"] == 3
+    for read in CONTROL_PLANE_READS:
+        op = size["ops"][read]
+        for name in ("median_ms", "p95_ms"):
+            value = op[name]
+            assert isinstance(value, int | float) and math.isfinite(value) and value > 0
+        assert op["p95_ms"] >= op["median_ms"]
