@@ -105,11 +105,17 @@ def _check_replacement(app: App, entry: JournalEntry, value: Any) -> Any:
     return value
 
 
-def _check_position(origin: Run, entries: list[JournalEntry], at_seq: int, replacing: bool) -> None:
+def _check_position(
+    origin: Run,
+    at_seq: int,
+    last: int,
+    unfinished: JournalEntry | None,
+    target: JournalEntry | None,
+    replacing: bool,
+) -> None:
     if isinstance(at_seq, bool) or not isinstance(at_seq, int) or at_seq < 1:
         raise ForkError(f"at_seq must be a whole number >= 1, not {at_seq!r}")
-    last = max((e.seq for e in entries), default=0)
-    if replacing and at_seq not in {e.seq for e in entries}:
+    if replacing and target is None:
         raise ForkError(
             f"run {origin.run_id!r} has no entry at seq {at_seq} to replace (its journal "
             f"has seqs 1 to {last}); see 'tether show {origin.run_id}'"
@@ -119,20 +125,17 @@ def _check_position(origin: Run, entries: list[JournalEntry], at_seq: int, repla
             f"run {origin.run_id!r} has {last} journal entries: fork at a seq from 1 to "
             f"{last + 1} (the next call it would make)"
         )
-    for entry in entries:
-        if entry.seq < at_seq and entry.status not in _SEALED:
-            raise ForkError(
-                f"run {origin.run_id!r}: the {entry.kind} {entry.name!r} at seq {entry.seq} "
-                f"is {entry.status.value}, not finished; a fork shares only finished entries: "
-                f"fork at seq {entry.seq} or before, or once it has finished"
-            )
-    if replacing:
-        target = next(e for e in entries if e.seq == at_seq)
-        if target.status not in _SEALED:
-            raise ForkError(
-                f"run {origin.run_id!r}: the entry at seq {at_seq} is "
-                f"{target.status.value}; only a finished entry's output can be replaced"
-            )
+    if unfinished is not None:
+        raise ForkError(
+            f"run {origin.run_id!r}: the {unfinished.kind} {unfinished.name!r} at seq "
+            f"{unfinished.seq} is {unfinished.status.value}, not finished; a fork shares only "
+            f"finished entries: fork at seq {unfinished.seq} or before, or once it has finished"
+        )
+    if replacing and target is not None and target.status not in _SEALED:
+        raise ForkError(
+            f"run {origin.run_id!r}: the entry at seq {at_seq} is "
+            f"{target.status.value}; only a finished entry's output can be replaced"
+        )
 
 
 async def fork(
@@ -146,11 +149,13 @@ async def fork(
 ) -> Run:
     origin = await app.get_run(origin_id)
     store = app._store
-    entries = await store.list_entries(origin_id)
-    _check_position(origin, entries, at_seq, replacing)
+    if isinstance(at_seq, bool) or not isinstance(at_seq, int) or at_seq < 1:
+        raise ForkError(f"at_seq must be a whole number >= 1, not {at_seq!r}")
+    # A few index lookups, not the journal: a fork costs the same at any length.
+    last, unfinished, target = await store.fork_point(origin_id, at_seq)
+    _check_position(origin, at_seq, last, unfinished, target, replacing)
     replaced: NewEntry | None = None
-    if replacing:
-        target = next(e for e in entries if e.seq == at_seq)
+    if replacing and target is not None:
         output = _check_replacement(app, target, replace)
         now = time.time()
         replaced = NewEntry(

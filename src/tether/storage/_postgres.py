@@ -68,6 +68,7 @@ from ._rows import (
     effect_query,
     effect_state_error,
     entry_from_row,
+    fork_point_queries,
     has_blob,
     journal_params,
     lease_lost,
@@ -179,6 +180,7 @@ LEFT JOIN blobs bo ON bo.hash = j.output_ref
 WHERE j.run_id = %s ORDER BY j.seq
 """
 # The journal of a fork: its origin's entries below the fork point, then its own.
+_FORK_LAST, _FORK_UNFINISHED, _FORK_ENTRY = fork_point_queries("%s")
 _LINEAGE_SELECT = lineage_query("%s", _ENTRY_COLUMNS)
 
 # Options of ours in the URL's query string; everything else goes to libpq.
@@ -622,6 +624,20 @@ class PostgresStore:
         run = await self.get_run(new.run_id)
         assert run is not None
         return run, created
+
+    async def fork_point(
+        self, run_id: str, at_seq: int
+    ) -> tuple[int, JournalEntry | None, JournalEntry | None]:
+        last_rows = await self._read(_FORK_LAST, (run_id,))
+        unfinished_rows = await self._read(_FORK_UNFINISHED, (at_seq, run_id))
+        at_rows = await self._read(_FORK_ENTRY, (run_id, at_seq))
+        first = unfinished_rows[0][0] if unfinished_rows else None
+        unfinished = None
+        if first is not None:
+            found = await self._read(_FORK_ENTRY, (run_id, first))
+            unfinished = entry_from_row(found[0]) if found else None
+        last = last_rows[0][0] if last_rows and last_rows[0][0] is not None else 0
+        return last, unfinished, entry_from_row(at_rows[0]) if at_rows else None
 
     async def get_run(self, run_id: str) -> Run | None:
         rows = await self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))

@@ -37,6 +37,7 @@ __all__ = [
     "effect_query",
     "effect_state_error",
     "entry_from_row",
+    "fork_point_queries",
     "has_blob",
     "journal_params",
     "json_or_none",
@@ -406,6 +407,47 @@ LEFT JOIN blobs bo ON bo.hash = j.output_ref
 WHERE j.run_id = {mark}
 ORDER BY 2
 """
+
+
+def fork_point_queries(mark: str) -> tuple[str, str, str]:
+    """Where a fork of a run may be made, in a few index lookups whatever the length of
+    its journal (lineage included): (1) its last seq [run_id]; (2) the first unfinished
+    entry below a seq [at_seq, run_id] (partial indexes journal_waiting, journal_intent);
+    (3) the entry at a seq [run_id, at_seq]."""
+
+    def chain(start: str) -> str:
+        return f"""
+WITH RECURSIVE chain(run_id, upto) AS (
+    SELECT run_id, CAST({start} AS BIGINT) FROM runs WHERE run_id = {mark}
+    UNION ALL
+    SELECT r.forked_from,
+           CAST(CASE WHEN r.fork_seq < c.upto THEN r.fork_seq ELSE c.upto END AS BIGINT)
+    FROM runs r JOIN chain c ON r.run_id = c.run_id WHERE r.forked_from IS NOT NULL
+)"""
+
+    everything = chain("9223372036854775807")
+    last = f"""{everything}
+SELECT max((SELECT max(j.seq) FROM journal j WHERE j.run_id = c.run_id AND j.seq < c.upto))
+FROM chain c"""
+    unfinished = f"""{chain(mark)}
+SELECT min(seq) FROM (
+    SELECT (SELECT min(j.seq) FROM journal j
+            WHERE j.run_id = c.run_id AND j.status = 'waiting' AND j.seq < c.upto) AS seq
+    FROM chain c
+    UNION ALL
+    SELECT (SELECT min(j.seq) FROM journal j
+            WHERE j.run_id = c.run_id AND j.status = 'intent' AND j.seq < c.upto) AS seq
+    FROM chain c
+) AS found"""
+    entry = f"""{everything}
+SELECT j.run_id, j.seq, j.kind, j.name, j.status,
+       COALESCE(j.input, bi.data), COALESCE(j.output, bo.data), j.error,
+       j.started_at, j.finished_at, j.attempts, j.delivery, j.after_delivery, j.after_seq
+FROM chain c
+JOIN journal j ON j.run_id = c.run_id AND j.seq = {mark} AND j.seq < c.upto
+LEFT JOIN blobs bi ON bi.hash = j.input_ref
+LEFT JOIN blobs bo ON bo.hash = j.output_ref"""
+    return last, unfinished, entry
 
 
 def tags_json(tags: tuple[str, ...]) -> str | None:

@@ -155,6 +155,14 @@ class Store(Protocol):
         entries below ``fork_seq`` are never copied: reads follow the lineage."""
         ...
 
+    async def fork_point(
+        self, run_id: str, at_seq: int
+    ) -> tuple[int, JournalEntry | None, JournalEntry | None]:
+        """For a fork at ``at_seq``: the run's last seq (0 for none), its first unfinished
+        entry below ``at_seq`` (None if all are finished), and its entry at ``at_seq``;
+        lineage included, in index lookups (a fork costs the same at any journal length)."""
+        ...
+
     async def get_run(self, run_id: str) -> Run | None: ...
     async def list_runs(
         self,
