@@ -176,3 +176,57 @@ def test_control_plane_benchmark_quick_mode_runs(
             value = op[name]
             assert isinstance(value, int | float) and math.isfinite(value) and value > 0
         assert op["p95_ms"] >= op["median_ms"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_fork_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: Any) -> None:
+    if backend == "postgres":
+        request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
+    out = tmp_path / "fork.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "fork.py"),
+            "--quick",
+            "--backend",
+            backend,
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for section in (
+        "app.fork(origin, n)",
+        "what one fork adds",
+        "claim to result",
+        "a fork that copied its prefix",
+    ):
+        assert section in proc.stdout
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert list(figures["sizes"]) == ["10", "1000"]  # --quick: the two smallest origins
+    for size, row in figures["sizes"].items():
+        n = int(size)
+        # Executed origins, whose rows are those the bulk-inserted 100,000 one copies.
+        assert row["origin"]["built"] == "executed" and row["origin"]["shape_matches"]
+        # A fork copies nothing: no journal or effects row of its own, one run row, and
+        # its journal is the origin's n - 1 entries; a copying fork would write them all.
+        added = row["fork"]["added_per_fork"]
+        assert (added["journal_rows"], added["effects_rows"], added["run_rows"]) == (0, 0, 1)
+        assert row["fork"]["fork_journal_entries"] == n - 1
+        assert row["fork"]["origin_rows_after"] == n
+        assert row["copy"]["rows"] == n - 1
+        for value in (
+            row["fork"]["fork_ms"]["median"],
+            row["replay"]["fork_ms"]["median"],
+            row["replay"]["origin_ms"]["median"],
+            row["replay"]["load_fork_ms"]["median"],
+        ):
+            assert isinstance(value, int | float) and math.isfinite(value) and value > 0

@@ -16,6 +16,7 @@ from tether import DatabaseNotFoundError, LeaseLostError, RunStatus, StorageErro
 from tether.storage import NewEntry, NewRun
 from tether.storage._migrations import load_migrations
 from tether.storage._postgres import PostgresStore
+from tether.storage._rows import lineage_query
 
 pytestmark = pytest.mark.postgres
 
@@ -358,3 +359,53 @@ async def test_result_looks_again_when_the_notification_channel_connects(
         assert await asyncio.wait_for(waiting, 2) == 7
     finally:
         await app.close()
+
+
+async def test_the_stores_connections_compile_nothing_and_wait_on_locks_a_bounded_time(
+    store: PostgresStore,
+) -> None:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT current_setting('jit'), current_setting('lock_timeout')")
+        assert await cur.fetchone() == ("off", "5s")
+
+
+async def test_a_forks_journal_read_never_scans_the_journal_when_few_runs_fill_it(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """With a few long runs, the statistics say any run owns a large share of the journal,
+    and a plain join of the fork's ancestor chain with it plans a scan of the whole table;
+    the lineage read looks up each ancestor's rows by primary key instead."""
+    now = time.time()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        for run_id, forked_from, fork_seq in (
+            ("long-1", None, None),
+            ("long-2", None, None),
+            ("small", None, None),
+            ("fork", "small", 6),
+        ):
+            await conn.execute(
+                "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, "
+                "forked_from, fork_seq) VALUES (%s, 'flow', 'succeeded', '{}', %s, %s, %s, %s)",
+                (run_id, now, now, forked_from, fork_seq),
+            )
+        for run_id, n in (("long-1", 40_000), ("long-2", 40_000), ("small", 10)):
+            await conn.execute(
+                "INSERT INTO journal (run_id, seq, kind, name, status, input, output) "
+                "SELECT %s, s, 'step', 'tick', 'completed', '[]', s::text "
+                "FROM generate_series(1, %s) AS s",
+                (run_id, n),
+            )
+        await conn.execute("ANALYZE journal")
+        await conn.execute("ANALYZE runs")
+        plan = "\n".join(
+            row[0]
+            for row in await (
+                await conn.execute(
+                    ("EXPLAIN " + lineage_query("%s", "j.run_id, j.seq, j.output")).encode(),
+                    ("fork", "fork"),
+                )
+            ).fetchall()
+        )
+    assert "Seq Scan on journal" not in plan, plan
+    state = await store.load_state("fork")  # and the read is right: seqs 1..5 of "small"
+    assert [(e.seq, e.output) for e in state.entries.values()] == [(s, s) for s in range(1, 6)]

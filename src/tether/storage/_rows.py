@@ -389,6 +389,16 @@ def lineage_query(mark: str, entry_columns: str) -> str:
     at (the nearest fork point going up), then the run's own entries; one query, with the
     dialect's placeholder ``mark`` for the run_id (twice). ``entry_columns`` selects from
     ``j`` (journal), ``bi`` and ``bo`` (its blobs)."""
+    # Each ancestor's rows are read by primary key. PostgreSQL would otherwise hash-join
+    # the chain with a scan of the whole journal when a few long runs dominate the table
+    # (its statistics then expect any run to own a large share): a LATERAL subquery kept
+    # from being flattened (OFFSET 0) is a parameterized index scan per ancestor.
+    ancestors = (
+        "CROSS JOIN LATERAL (SELECT * FROM journal a WHERE a.run_id = c.run_id "
+        "AND a.seq < c.upto OFFSET 0) j"
+        if mark == "%s"
+        else "JOIN journal j ON j.run_id = c.run_id AND j.seq < c.upto"
+    )
     return f"""
 WITH RECURSIVE chain(run_id, upto) AS (
     SELECT forked_from, fork_seq FROM runs WHERE run_id = {mark} AND forked_from IS NOT NULL
@@ -397,7 +407,7 @@ WITH RECURSIVE chain(run_id, upto) AS (
     FROM runs r JOIN chain c ON r.run_id = c.run_id WHERE r.forked_from IS NOT NULL
 )
 SELECT {entry_columns} FROM chain c
-JOIN journal j ON j.run_id = c.run_id AND j.seq < c.upto
+{ancestors}
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref
 UNION ALL
@@ -429,13 +439,18 @@ WITH RECURSIVE chain(run_id, upto) AS (
     last = f"""{everything}
 SELECT max((SELECT max(j.seq) FROM journal j WHERE j.run_id = c.run_id AND j.seq < c.upto))
 FROM chain c"""
+    # SQLite, without statistics, prefers the primary key to these partial indexes of the
+    # same columns, and then walks the run's whole journal: name them.
+    waiting, intent = (
+        ("INDEXED BY journal_waiting", "INDEXED BY journal_intent") if mark == "?" else ("", "")
+    )
     unfinished = f"""{chain(mark)}
 SELECT min(seq) FROM (
-    SELECT (SELECT min(j.seq) FROM journal j
+    SELECT (SELECT min(j.seq) FROM journal j {waiting}
             WHERE j.run_id = c.run_id AND j.status = 'waiting' AND j.seq < c.upto) AS seq
     FROM chain c
     UNION ALL
-    SELECT (SELECT min(j.seq) FROM journal j
+    SELECT (SELECT min(j.seq) FROM journal j {intent}
             WHERE j.run_id = c.run_id AND j.status = 'intent' AND j.seq < c.upto) AS seq
     FROM chain c
 ) AS found"""
