@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fmt clean
+.PHONY: demo test lint typecheck bench bench-peers fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,5 +36,16 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core.py
 
+# Tether beside DBOS and LangGraph, in one run; the peers live in their own virtualenv.
+PEERS := .venv-peers
+$(PEERS)/.installed: benchmarks/peers/requirements.txt pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt -e '.[postgres]'
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/peers/compare.py --json --chart
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.db*
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache demo.db*

@@ -230,3 +230,53 @@ def test_fork_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: A
             row["replay"]["load_fork_ms"]["median"],
         ):
             assert isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_peer_harness_quick_mode_runs_tether(backend: str, tmp_path: Path, request: Any) -> None:
+    """benchmarks/peers/compare.py, Tether only (the peers live in .venv-peers): every
+    workload runs in processes of its own and reports its figures."""
+    if backend == "postgres":
+        request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "peers" / "compare.py"),
+            "--quick",
+            "--systems",
+            "tether",
+            "--backends",
+            backend,
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "round 1: " not in proc.stdout, proc.stdout  # no workload failed
+    figures = json.loads(out.read_text(encoding="utf-8"))["backends"][backend]
+    step = figures["step"]["median"]
+    for system in ("tether", "floor"):
+        assert math.isfinite(step[system]["per_step_ms"]) and step[system]["per_step_ms"] > 0
+    if backend == "sqlite":  # set explicitly and read back from the engine's connection
+        assert step["tether"]["sqlite_pragmas"] == {"journal_mode": "wal", "synchronous": 2}
+        assert step["floor"]["sqlite_pragmas"] == {"journal_mode": "wal", "synchronous": 2}
+    assert figures["throughput"]["median"]["tether"]["steps_per_s"] > 0
+    assert set(figures["concurrency"]) == {"1", "10"}
+    recovery = figures["recovery"]["median"]["tether"]
+    # Killed after 20 of 40 steps: the fresh process finished the run, ran no recorded
+    # step again, and every step ran at least once.
+    assert recovery["result_ok"] is True
+    assert recovery["completed_steps_executed_again"] == 0
+    assert recovery["missing_steps"] == []
+    assert 20 <= recovery["steps_logged_before_kill"] <= recovery["recorded"] + 1
+    waiting = figures["waiting"]["median"]["tether"]
+    assert waiting["waiting_threads"] == waiting["baseline_threads"]  # waits hold no thread
