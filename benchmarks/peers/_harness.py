@@ -41,11 +41,13 @@ are required, more are welcome):
     durably recorded as completed. Key: ``recorded``.
 ``waiting``
     ``--runs`` (10,000) runs that each wait for a signal / message / resume named ``go``
-    and then return. Once every run waits (the system says so), the process's resident
-    memory and OS thread count; then ``go`` is sent to every run and the time until all
-    have finished. Keys: ``baseline_rss_mb``, ``baseline_threads`` (after opening the
-    system, before any run), ``waiting_rss_mb``, ``waiting_threads``, ``start_s`` (time to
-    get all runs waiting), ``wake_s`` (time to get them all finished after ``go``).
+    and then return, started ``WAIT_CALLERS`` (100) at a time, as a server answering
+    requests would. Once every run waits (the system says so), the process's resident
+    memory and OS thread count; then ``go`` is sent to every run, again 100 at a time,
+    and the time until all have finished. Keys: ``baseline_rss_mb``, ``baseline_threads``
+    (after opening the system, before any run), ``waiting_rss_mb``, ``waiting_threads``,
+    ``start_s`` (time to get all runs waiting), ``wake_s`` (time to get them all finished
+    after ``go``).
 
 On SQLite every system runs with ``journal_mode=WAL`` and ``synchronous=FULL``, set
 explicitly, and reports what its own connection read back: key ``sqlite_pragmas``
@@ -76,6 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "waiting": {"runs": 10_000},
 }
 SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+WAIT_CALLERS = 100  # starts and sends of the waiting workload in flight at once
 
 
 @dataclass(frozen=True)

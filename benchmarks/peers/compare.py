@@ -314,6 +314,18 @@ def compare_backend(
                 if peer != "tether"
             },
         }
+        if backend == "postgres" and "tether" in got:
+            out["step"]["ratios"]["tether/floor async"] = _ratios(
+                {
+                    "tether": got["tether"],
+                    "floor": [
+                        {"per_step_ms": r["async_per_step_ms"]} if "async_per_step_ms" in r else {}
+                        for r in got["floor"]
+                    ],
+                },
+                "per_step_ms",
+                "floor",
+            )
     if "throughput" in workloads:
         got = rounds_of(
             "throughput",
@@ -456,6 +468,8 @@ def report(results: dict[str, Any]) -> str:
                 f = s["median"].get(system, {})
                 label = "floor (one committed INSERT)" if system == "floor" else system
                 say(f"    {label:30s} {_cell(f, 'per_step_ms')}")
+                if system == "floor" and "async_per_step_ms" in f:
+                    say(f"    {'floor, async psycopg':30s} {_cell(f, 'async_per_step_ms')}")
             for pair, found in s["ratios"].items():
                 if found:
                     say(
@@ -585,6 +599,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     backends = [b for b, s in results["backends"].items() if "concurrency" in s]
     if not backends:
@@ -603,6 +618,9 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                 ax.plot(xs, ys, marker="o", label=system)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.StrMethodFormatter("{x:,.0f}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("runs in flight at once")
         ax.set_ylabel("steps / s (10-step runs)")
         ax.set_title(f"{backend}")

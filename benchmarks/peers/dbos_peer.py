@@ -281,10 +281,18 @@ async def _count_waiting(dbos: DBOS) -> int:
 async def _waiting(dbos: DBOS, args: h.Args) -> dict[str, Any]:
     baseline = (h.rss_mb(), h.os_threads())
     t0 = time.perf_counter()
-    handles: list[WorkflowHandleAsync[int]] = []
-    for i in range(args.runs):
-        with SetWorkflowID(f"w{i}"):
-            handles.append(await DBOS.start_workflow_async(waiter))
+    gate = asyncio.Semaphore(h.WAIT_CALLERS)
+
+    async def start(i: int) -> WorkflowHandleAsync[int]:
+        async with gate:
+            with SetWorkflowID(f"w{i}"):
+                return await DBOS.start_workflow_async(waiter)
+
+    async def send(i: int) -> None:
+        async with gate:
+            await DBOS.send_async(f"w{i}", 1, TOPIC)
+
+    handles = await asyncio.gather(*(start(i) for i in range(args.runs)))
     while True:
         if await _count_waiting(dbos) >= args.runs:
             break
@@ -293,8 +301,7 @@ async def _waiting(dbos: DBOS, args: h.Args) -> dict[str, Any]:
     waiting = (h.rss_mb(), h.os_threads())
     registered = len(dbos._sys_db.notifications_map.snapshot())  # in-memory waiters
     t1 = time.perf_counter()
-    for i in range(args.runs):
-        await DBOS.send_async(f"w{i}", 1, TOPIC)
+    await asyncio.gather(*(send(i) for i in range(args.runs)))
     results = await asyncio.gather(*(handle.get_result() for handle in handles))
     woke = time.perf_counter() - t1
     assert sum(results) == args.runs, results

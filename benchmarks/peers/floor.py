@@ -2,10 +2,13 @@
 the same disk, in the same pattern (a fresh database, ``--warmup`` x ``--steps`` commits,
 then ``--repeats`` batches of ``--steps``). SQLite: plain ``sqlite3``, WAL,
 ``synchronous=FULL``, ``BEGIN IMMEDIATE; INSERT; COMMIT``. PostgreSQL: plain psycopg in
-autocommit, one ``INSERT`` per round trip. ``per_step_ms`` is ms per commit."""
+autocommit, one ``INSERT`` per round trip. ``per_step_ms`` is ms per commit;
+on PostgreSQL ``async_per_step_ms`` is the same through psycopg's async connection (an
+asyncio program's floor)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ def _step(args: h.Args) -> dict[str, Any]:
         for _ in range(args.warmup):
             floor.batch(args.steps)
         batches = [floor.batch(args.steps) for _ in range(args.repeats)]
+        if args.backend == "postgres":  # the same through psycopg's async connection
+            out["async_per_step_ms"] = asyncio.run(_async_floor(floor, args))
     finally:
         if args.backend == "sqlite":
             floor.close()
@@ -40,6 +45,15 @@ def _step(args: h.Args) -> dict[str, Any]:
     out["per_step_ms"] = h.median(batches)
     out["runs_ms"] = [ms * args.steps for ms in batches]
     return out
+
+
+async def _async_floor(floor: Any, args: h.Args) -> float:
+    await floor.open_async()
+    try:
+        await floor.async_batch(args.steps)
+        return h.median([await floor.async_batch(args.steps) for _ in range(args.repeats)])
+    finally:
+        await floor.aconn.close()
 
 
 if __name__ == "__main__":

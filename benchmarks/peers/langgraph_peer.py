@@ -79,7 +79,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 STEP_API: Literal["sync", "async"] = "sync"  # the faster for ``step`` on both backends
-WAIT_LIMIT = 100  # runs started / resumed at once by ``waiting``
+WAIT_LIMIT = h.WAIT_CALLERS  # runs started / resumed at once by ``waiting``
 MAX_POOL = 20  # the AsyncConnectionPool's size is min(concurrency, MAX_POOL)
 PG_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 PACKAGES = (

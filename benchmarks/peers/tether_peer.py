@@ -142,16 +142,25 @@ async def _waiting(args: h.Args) -> dict[str, Any]:
     app, (_, waiter) = build(args, max_concurrency=100)
     async with app:
         baseline = (h.rss_mb(), h.os_threads())
+        gate = asyncio.Semaphore(h.WAIT_CALLERS)
+
+        async def start(i: int) -> Any:
+            async with gate:
+                return await app.start(waiter, run_id=f"w{i}")
+
+        async def send(i: int) -> None:
+            async with gate:
+                await app.signal(f"w{i}", "go", 1)
+
         t0 = time.perf_counter()
-        handles = [await app.start(waiter, run_id=f"w{i}") for i in range(args.runs)]
+        handles = await asyncio.gather(*(start(i) for i in range(args.runs)))
         # The database says when every run waits: poll it.
         while (await app.store.count_runs()).get(RunStatus.WAITING.value, 0) < args.runs:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         started = time.perf_counter() - t0
         waiting = (h.rss_mb(), h.os_threads())
         t1 = time.perf_counter()
-        for i in range(args.runs):
-            await app.signal(f"w{i}", "go", 1)
+        await asyncio.gather(*(send(i) for i in range(args.runs)))
         results = await asyncio.gather(*(handle.result(timeout=600) for handle in handles))
         woke = time.perf_counter() - t1
         assert sum(results) == args.runs

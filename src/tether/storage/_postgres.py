@@ -157,6 +157,30 @@ _WITH_BLOBS = (
     f"%s::int, %s::int, %s::int WHERE EXISTS (SELECT 1 FROM owned) {_SEAL}"
 )
 _UNSEALED = (EntryStatus.WAITING, EntryStatus.INTENT)
+# Claiming: each of three partial indexes (runs_pending, runs_wake, runs_lease) is read in
+# its own order up to the limit, then the oldest runs of those are taken. Ordered index
+# scans stop after `limit` live rows and mark the dead entries they pass (runs that left
+# the state) so that the next scan skips them; one query ORing the three states would
+# be a bitmap scan, which reads every dead entry of the index again on every claim until
+# vacuum runs: 10,000 runs parked on a signal made each claim read 10,000 entries.
+# SKIP LOCKED lets workers claim side by side and skips a run whose owner is writing to
+# it right now; candidates locked here but not taken are free again when it commits.
+_CLAIM = (
+    "WITH p AS (SELECT run_id, created_at FROM runs WHERE status = 'pending' "
+    "AND workflow = ANY(%s) ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "w AS (SELECT run_id, created_at FROM runs WHERE status = 'waiting' "
+    f"AND wake_at <= {_DUE} AND workflow = ANY(%s) ORDER BY wake_at LIMIT %s "
+    "FOR UPDATE SKIP LOCKED), "
+    "e AS (SELECT run_id, created_at FROM runs WHERE status = 'running' "
+    f"AND lease_expires_at < {_SERVER_NOW} AND workflow = ANY(%s) "
+    "ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "c AS (SELECT run_id FROM (SELECT * FROM p UNION ALL SELECT * FROM w "
+    "UNION ALL SELECT * FROM e) a ORDER BY created_at LIMIT %s) "
+    "UPDATE runs r SET status = 'running', lease_owner = %s, "
+    f"lease_expires_at = {_SERVER_NOW} + %s, fence = r.fence + 1, "
+    "attempts = r.attempts + 1, wake_at = NULL, updated_at = %s "
+    "FROM c WHERE r.run_id = c.run_id RETURNING r.run_id, r.fence"
+)
 # Many plain journal writes of one flush as one statement: one row per write, each with
 # its own fence check, and RETURNING says which went through.
 _APPEND_MANY = (
@@ -1109,19 +1133,21 @@ class PostgresStore:
 
         async def op(conn: Conn) -> list[Fence]:
             now = time.time()
-            # Three partial indexes feed the candidates; SKIP LOCKED lets workers claim side
-            # by side, and skips a run whose owner is writing to it right now.
             cur = await conn.execute(
-                "WITH c AS (SELECT run_id FROM runs WHERE workflow = ANY(%s) AND ("
-                " status = 'pending'"
-                f" OR (status = 'waiting' AND wake_at <= {_DUE})"
-                f" OR (status = 'running' AND lease_expires_at < {_SERVER_NOW}))"
-                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE runs r SET status = 'running', lease_owner = %s, "
-                f"lease_expires_at = {_SERVER_NOW} + %s, fence = r.fence + 1, "
-                "attempts = r.attempts + 1, wake_at = NULL, updated_at = %s "
-                "FROM c WHERE r.run_id = c.run_id RETURNING r.run_id, r.fence",
-                (names, now, limit, worker_id, lease_seconds, now),
+                _CLAIM,
+                (
+                    names,
+                    limit,
+                    now,
+                    names,
+                    limit,
+                    names,
+                    limit,
+                    limit,
+                    worker_id,
+                    lease_seconds,
+                    now,
+                ),
             )
             return [Fence(row[0], worker_id, row[1]) for row in await cur.fetchall()]
 
