@@ -15,7 +15,7 @@ from conftest import SERVER_URL, with_database
 from tether import DatabaseNotFoundError, LeaseLostError, RunStatus, StorageError
 from tether.storage import NewEntry, NewRun
 from tether.storage._migrations import load_migrations
-from tether.storage._postgres import PostgresStore
+from tether.storage._postgres import _CLAIM, PostgresStore
 from tether.storage._rows import lineage_query
 
 pytestmark = pytest.mark.postgres
@@ -409,3 +409,29 @@ async def test_a_forks_journal_read_never_scans_the_journal_when_few_runs_fill_i
     assert "Seq Scan on journal" not in plan, plan
     state = await store.load_state("fork")  # and the read is right: seqs 1..5 of "small"
     assert [(e.seq, e.output) for e in state.entries.values()] == [(s, s) for s in range(1, 6)]
+
+
+async def test_a_claim_reads_each_state_in_index_order_not_a_bitmap_of_dead_entries(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """Runs that left 'pending' leave dead entries in runs_pending until vacuum. A bitmap
+    scan reads them all again on every claim (10,000 runs parked on a signal made every
+    claim read 10,000 entries); an ordered index scan with a limit stops after the live
+    ones and marks the dead ones it passes."""
+    now = time.time()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at) "
+            "SELECT 'r' || s, 'flow', 'pending', '{}', %s + s, %s FROM generate_series(1, 3000) s",
+            (now, now),
+        )
+        await conn.execute("ANALYZE runs")
+        await conn.execute("UPDATE runs SET status = 'waiting' WHERE run_id <> 'r3000'")
+        cur = await conn.execute(
+            ("EXPLAIN " + _CLAIM).encode(),
+            (["flow"], 50, now, ["flow"], 50, ["flow"], 50, 50, "w", 15.0, now),
+        )
+        plan = "\n".join(row[0] for row in await cur.fetchall())
+    assert "Bitmap" not in plan, plan
+    claimed = await store.claim_runs("w1", 50, 15.0, WORKFLOWS)
+    assert [fence.run_id for fence in claimed] == ["r3000"]  # the one still pending

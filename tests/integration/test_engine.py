@@ -841,6 +841,54 @@ async def test_result_timeout_on_a_waiting_run(db_url: str) -> None:
         assert await handle.result(timeout=5) == "v"
 
 
+async def test_many_result_calls_on_runs_executed_elsewhere_share_one_read(
+    db_url: str,
+) -> None:
+    """The runs execute in another App (another process, as far as this one knows); this
+    App's result() calls learn of their end through one read of all of them each
+    poll_interval, not one read per handle per interval."""
+    n = 50
+    executor = App(db_url)
+    client = App(db_url, poll_interval=0.1)  # its worker runs none of these
+
+    @executor.workflow
+    async def flow(ctx: Context, i: int) -> int:
+        return i + int(await ctx.wait_signal("go"))
+
+    @client.workflow
+    async def other(ctx: Context) -> None: ...
+
+    async with executor, client:
+        for i in range(n):
+            await executor.start(flow, i, run_id=f"r{i}")
+        for i in range(n):
+            await wait_status(executor, f"r{i}", RunStatus.WAITING)
+        store = client.store
+        reads = {"get_run": 0, "stopped_runs": 0}
+        get_run, stopped_runs = store.get_run, store.stopped_runs
+
+        async def counted_get_run(run_id: str) -> Run | None:
+            reads["get_run"] += 1
+            return await get_run(run_id)
+
+        async def counted_stopped_runs(run_ids: list[str]) -> list[str]:
+            reads["stopped_runs"] += 1
+            return await stopped_runs(run_ids)
+
+        store.get_run = counted_get_run  # type: ignore[method-assign]
+        store.stopped_runs = counted_stopped_runs  # type: ignore[method-assign]
+        waiting = asyncio.gather(*(client.handle(f"r{i}").result(timeout=30) for i in range(n)))
+        await asyncio.sleep(1.0)  # ten poll intervals with every handle waiting
+        assert not waiting.done()
+        for i in range(n):
+            await executor.signal(f"r{i}", "go", 1000)
+        assert await waiting == [i + 1000 for i in range(n)]
+    # One read per handle to start, one to see its result; the rest are shared reads.
+    # (A read per handle per interval would have made about n * 10 before the signals.)
+    assert reads["get_run"] <= 2 * n + 5, reads
+    assert reads["stopped_runs"] >= 1, reads
+
+
 async def test_waiting_runs_hold_no_task(db_url: str) -> None:
     app = App(db_url, max_concurrency=10)
     n = 40

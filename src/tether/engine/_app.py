@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -101,17 +102,19 @@ class RunHandle(Generic[R]):
                 raise RunCancelledError(_describe(run), run_id=run.run_id, error=run.error)
             if run.status is RunStatus.NEEDS_ATTENTION:
                 raise RunNeedsAttentionError(_describe(run), run_id=run.run_id, error=run.error)
-            wait = delay
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"run {self.run_id!r} is still {run.status.value} after {timeout} s"
-                    )
-                wait = min(wait, left)
-            # This process's worker wakes us the moment the run ends or parks, so with a
-            # local worker poll only at its pace (for runs executed elsewhere); without one,
-            # poll quickly at first and back off.
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(
+                    f"run {self.run_id!r} is still {run.status.value} after {timeout} s"
+                )
+            # This process's worker (or a notification) wakes us the moment the run ends
+            # or parks; for a run executed elsewhere the App looks at every run its
+            # result() calls wait on in one read per poll_interval. Without either, poll
+            # quickly at first and back off.
+            wait: float | None = delay if left is None else min(delay, left)
+            if notified:
+                self.app._poll_watched()
+                wait = left
             try:
                 await asyncio.wait_for(event.wait(), wait)
             except TimeoutError:
@@ -179,6 +182,7 @@ class App:
         self._worker: Worker | None = None
         self._opened = False
         self._watchers: dict[str, asyncio.Event] = {}
+        self._poller: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -419,6 +423,11 @@ class App:
                 self._closing = None
 
     async def _close(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None and not poller.done():
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         if self._worker is not None:
             worker = self._worker
             await worker.stop()
@@ -466,6 +475,29 @@ class App:
     def _unwatch(self, run_id: str, event: asyncio.Event) -> None:
         if self._watchers.get(run_id) is event:
             del self._watchers[run_id]
+
+    def _poll_watched(self) -> None:
+        """Make sure one task looks at every watched run each poll_interval."""
+        poller = self._poller
+        if poller is None or poller.done() or poller.get_loop() is not asyncio.get_running_loop():
+            self._poller = asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        # One read for all the runs this process's result() calls wait on, however many:
+        # 10,000 handles each re-reading its own run every poll_interval made 10,000
+        # reads a second.
+        while self._watchers and self._opened:
+            await asyncio.sleep(self.poll_interval)
+            watched = list(self._watchers)
+            if not watched:
+                break
+            try:
+                stopped = await self._store.stopped_runs(watched)
+            except TetherError as exc:  # the next round looks again
+                log.warning("cannot look at watched runs: %s", exc)
+                continue
+            for run_id in stopped:
+                self._notify(run_id)
 
     def _notify(self, run_id: str) -> None:
         event = self._watchers.pop(run_id, None)

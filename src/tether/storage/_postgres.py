@@ -60,6 +60,7 @@ from ._rows import (
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
+    STOPPED,
     TOKEN_COLUMNS,
     blob_hash,
     child_run_id_taken,
@@ -669,6 +670,13 @@ class PostgresStore:
     async def get_run(self, run_id: str) -> Run | None:
         rows = await self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
         return run_from_row(rows[0]) if rows else None
+
+    async def stopped_runs(self, run_ids: list[str]) -> list[str]:
+        rows = await self._read(
+            f"SELECT run_id FROM runs WHERE run_id = ANY(%s) AND status IN {STOPPED}",
+            (run_ids,),
+        )
+        return [row[0] for row in rows]
 
     async def list_runs(
         self,

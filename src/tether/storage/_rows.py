@@ -29,6 +29,7 @@ __all__ = [
     "EFFECT_COLUMNS",
     "JOURNAL_COLUMNS",
     "RUN_COLUMNS",
+    "STOPPED",
     "TOKEN_COLUMNS",
     "blob_hash",
     "child_run_id_taken",
@@ -463,6 +464,9 @@ JOIN journal j ON j.run_id = c.run_id AND j.seq = {mark} AND j.seq < c.upto
 LEFT JOIN blobs bi ON bi.hash = j.input_ref
 LEFT JOIN blobs bo ON bo.hash = j.output_ref"""
     return last, unfinished, entry
+
+
+STOPPED = "('succeeded', 'failed', 'cancelled', 'needs_attention')"
 
 
 def tags_json(tags: tuple[str, ...]) -> str | None:

@@ -48,6 +48,7 @@ from ._rows import (
     EFFECT_COLUMNS,
     JOURNAL_COLUMNS,
     RUN_COLUMNS,
+    STOPPED,
     TOKEN_COLUMNS,
     blob_hash,
     child_run_id_taken,
@@ -405,6 +406,18 @@ class SQLiteStore:
     async def get_run(self, run_id: str) -> Run | None:
         rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         return run_from_row(rows[0]) if rows else None
+
+    async def stopped_runs(self, run_ids: list[str]) -> list[str]:
+        stopped: list[str] = []
+        for i in range(0, len(run_ids), 500):  # under SQLite's limit of bound parameters
+            chunk = run_ids[i : i + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(
+                f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND status IN {STOPPED}",
+                tuple(chunk),
+            )
+            stopped += [row[0] for row in rows]
+        return stopped
 
     async def list_runs(
         self,

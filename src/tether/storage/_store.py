@@ -164,6 +164,11 @@ class Store(Protocol):
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
+    async def stopped_runs(self, run_ids: list[str]) -> list[str]:
+        """Of ``run_ids``, those that ended or stopped for a person (succeeded, failed,
+        cancelled, needs_attention): one read for every ``result()`` a process waits on."""
+        ...
+
     async def list_runs(
         self,
         *,
