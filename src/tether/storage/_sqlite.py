@@ -318,6 +318,15 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: read failed: {exc}") from exc
 
+    def _read_in(self, sql: str, values: list[str]) -> list[tuple[Any, ...]]:
+        """``sql`` with ``{marks}`` for an ``IN`` list of ``values``, read in chunks that
+        stay within SQLite's limit of bound parameters."""
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            rows += self._read(sql.format(marks=", ".join("?" * len(chunk))), tuple(chunk))
+        return rows
+
     # -- values -------------------------------------------------------------------------
     @staticmethod
     def _value(conn: sqlite3.Connection, text: str | None) -> tuple[str | None, str | None]:
@@ -408,16 +417,8 @@ class SQLiteStore:
         return run_from_row(rows[0]) if rows else None
 
     async def stopped_runs(self, run_ids: list[str]) -> list[str]:
-        stopped: list[str] = []
-        for i in range(0, len(run_ids), 500):  # under SQLite's limit of bound parameters
-            chunk = run_ids[i : i + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._read(
-                f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND status IN {STOPPED}",
-                tuple(chunk),
-            )
-            stopped += [row[0] for row in rows]
-        return stopped
+        sql = f"SELECT run_id FROM runs WHERE run_id IN ({{marks}}) AND status IN {STOPPED}"
+        return [row[0] for row in self._read_in(sql, run_ids)]
 
     async def list_runs(
         self,
@@ -683,13 +684,8 @@ class SQLiteStore:
         return restart_records(restarts, discarded)
 
     async def get_blobs(self, hashes: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(hashes), 500):  # within SQLite's bound-parameter limit
-            chunk = hashes[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._read(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", tuple(chunk))
-            found.update((digest, data) for digest, data in rows)
-        return found
+        rows = self._read_in("SELECT hash, data FROM blobs WHERE hash IN ({marks})", hashes)
+        return {digest: data for digest, data in rows}
 
     async def decide_approval(
         self, run_id: str, seq: int, decision_json: str, event_json: str, signal_name: str
