@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -79,6 +80,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 WAIT_CALLERS = 100  # starts and sends of the waiting workload in flight at once
+median = statistics.median  # for the peer scripts
 
 
 @dataclass(frozen=True)
@@ -212,9 +214,3 @@ def sqlite_pragmas(conn: Any) -> dict[str, Any]:
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     sync = conn.execute("PRAGMA synchronous").fetchone()[0]
     return {"journal_mode": str(mode).lower(), "synchronous": int(sync)}
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -48,12 +48,14 @@ sys.path.insert(0, str(HERE.parent))
 
 import _harness as h  # noqa: E402
 
+import _pgbench  # noqa: E402
+import core  # noqa: E402
+
 ROOT = HERE.parent.parent
 BENCH_TMP = ROOT / ".bench-tmp"
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("tether", "dbos", "langgraph")
 WORKLOADS = ("step", "throughput", "concurrency", "recovery", "waiting")
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_PREFIX = "tether_peers_"
 
 # Targets of issue 8, as ratios measured in the same run.
@@ -100,23 +102,6 @@ QUICK = Plan(
 
 
 # -- databases ----------------------------------------------------------------------------
-def server_url() -> str:
-    return os.environ.get("TETHER_BENCH_POSTGRES_URL", DEFAULT_SERVER)
-
-
-def _admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url(), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.encode())
-
-
-def _with_dbname(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 @dataclass
 class Databases:
     """A new database for every invocation, removed after it."""
@@ -137,12 +122,12 @@ class Databases:
                 shutil.rmtree(folder, ignore_errors=True)
             return
         name = f"{DB_PREFIX}{os.getpid()}_{self.count}"
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        _admin(f'CREATE DATABASE "{name}"')
+        _pgbench.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _pgbench.admin(f'CREATE DATABASE "{name}"')
         try:
-            yield _with_dbname(server_url(), name)
+            yield _pgbench.with_database(_pgbench.server_url(), name)
         finally:
-            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _pgbench.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- running a peer -----------------------------------------------------------------------
@@ -260,18 +245,31 @@ def _median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ratios(
-    rounds: dict[str, list[dict[str, Any]]], key: str, over: str, base: str = "tether"
+    rounds: dict[str, list[dict[str, Any]]],
+    key: str,
+    over: str,
+    over_key: str | None = None,
+    base: str = "tether",
 ) -> dict[str, Any] | None:
-    """The per-round ratio ``base[key] / over[key]`` and its median."""
+    """The per-round ratio ``base[key] / over[over_key or key]`` and its median."""
+    okey = over_key or key
     pairs = [
-        (a[key], b[key])
+        (a[key], b[okey])
         for a, b in zip(rounds.get(base, []), rounds.get(over, []), strict=False)
-        if key in a and key in b and b[key]
+        if key in a and b.get(okey)
     ]
     if not pairs:
         return None
     per_round = [a / b for a, b in pairs]
     return {"per_round": per_round, "median": h.median(per_round)}
+
+
+def _section(params: dict[str, Any], got: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "params": params,
+        "rounds": got,
+        "median": {system: _median_of(rounds) for system, rounds in got.items()},
+    }
 
 
 def compare_backend(
@@ -305,9 +303,7 @@ def compare_backend(
             lambda s, db: runner.run(s, "step", backend, db, **plan.step),
         )
         out["step"] = {
-            "params": plan.step,
-            "rounds": got,
-            "median": {s: _median_of(v) for s, v in got.items()},
+            **_section(plan.step, got),
             "ratios": {
                 f"tether/{peer}": _ratios(got, "per_step_ms", peer)
                 for peer in [*systems, "floor"]
@@ -316,15 +312,7 @@ def compare_backend(
         }
         if backend == "postgres" and "tether" in got:
             out["step"]["ratios"]["tether/floor async"] = _ratios(
-                {
-                    "tether": got["tether"],
-                    "floor": [
-                        {"per_step_ms": r["async_per_step_ms"]} if "async_per_step_ms" in r else {}
-                        for r in got["floor"]
-                    ],
-                },
-                "per_step_ms",
-                "floor",
+                got, "per_step_ms", "floor", over_key="async_per_step_ms"
             )
     if "throughput" in workloads:
         got = rounds_of(
@@ -334,9 +322,7 @@ def compare_backend(
             lambda s, db: runner.run(s, "throughput", backend, db, **plan.throughput),
         )
         out["throughput"] = {
-            "params": plan.throughput,
-            "rounds": got,
-            "median": {s: _median_of(v) for s, v in got.items()},
+            **_section(plan.throughput, got),
             "ratios": {
                 f"tether/{peer}": _ratios(got, "steps_per_s", peer)
                 for peer in systems
@@ -353,11 +339,7 @@ def compare_backend(
                 plan.level_rounds,
                 lambda s, db, p=params: runner.run(s, "throughput", backend, db, **p),
             )
-            levels[str(concurrency)] = {
-                "params": params,
-                "rounds": got,
-                "median": {s: _median_of(v) for s, v in got.items()},
-            }
+            levels[str(concurrency)] = _section(params, got)
         out["concurrency"] = levels
     if "recovery" in workloads:
         folder = workdir / backend / "logs"
@@ -368,11 +350,7 @@ def compare_backend(
             plan.rounds,
             lambda s, db: recovery_once(runner, s, backend, db, folder),
         )
-        out["recovery"] = {
-            "params": plan.recovery,
-            "rounds": got,
-            "median": {s: _median_of(v) for s, v in got.items()},
-        }
+        out["recovery"] = _section(plan.recovery, got)
     if "waiting" in workloads:
         got = rounds_of(
             "waiting",
@@ -380,28 +358,16 @@ def compare_backend(
             plan.waiting_rounds,
             lambda s, db: runner.run(s, "waiting", backend, db, **plan.waiting),
         )
-        out["waiting"] = {
-            "params": plan.waiting,
-            "rounds": got,
-            "median": {s: _median_of(v) for s, v in got.items()},
-        }
+        out["waiting"] = _section(plan.waiting, got)
     return out
 
 
 # -- environment --------------------------------------------------------------------------
 def machine(backends: list[str], workdir: Path) -> dict[str, Any]:
-    import core
-
     info = core.machine_info(workdir)
     info["loadavg_start"] = os.getloadavg()
     if "postgres" in backends:
-        import psycopg
-
-        with psycopg.connect(server_url(), autocommit=True, connect_timeout=5) as conn:
-            info["postgres"] = {
-                name: conn.execute(f"SHOW {name}".encode()).fetchone()[0]  # type: ignore[index]
-                for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method")
-            }
+        info["postgres"] = _pgbench.server_info(_pgbench.server_url())
     return info
 
 
@@ -703,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.monotonic() - started
-    results["versions"] = _versions(results)
+    results["versions"] = _versions(results["backends"])
     print(report(results))
     if args.json:
         path = RESULTS / f"peers-{date}.json" if args.json == "auto" else Path(args.json)
@@ -718,19 +684,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _versions(results: dict[str, Any]) -> dict[str, dict[str, str]]:
-    found: dict[str, dict[str, str]] = {}
-    for sections in results["backends"].values():
-        for section in sections.values():
-            for rounds in [section.get("rounds", {})] + [
-                s.get("rounds", {}) for s in section.values() if isinstance(s, dict)
-            ]:
-                if not isinstance(rounds, dict):
-                    continue
-                for system, got in rounds.items():
-                    for r in got if isinstance(got, list) else []:
-                        if isinstance(r, dict) and r.get("versions"):
-                            found.setdefault(system, r["versions"])
+def _versions(node: Any, found: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Each system's ``versions``, from the first round that reported them."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        rounds = node.get("rounds")
+        if isinstance(rounds, dict):
+            for system, got in rounds.items():
+                for r in got:
+                    if r.get("versions"):
+                        found.setdefault(system, r["versions"])
+        for value in node.values():
+            _versions(value, found)
     return found
 
 

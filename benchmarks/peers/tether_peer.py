@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def expected(n: int) -> int:
 
 
 async def _step(args: h.Args) -> dict[str, Any]:
-    no_pace = h.Args(**{**args.__dict__, "pace": 0.0})
+    no_pace = dataclasses.replace(args, pace=0.0)
     app, (steps, _) = build(no_pace)
     times: list[float] = []
     async with app:
@@ -94,7 +95,7 @@ async def _round(app: App, steps: Any, runs: int, n: int, limit: int) -> float:
 
 
 async def _throughput(args: h.Args) -> dict[str, Any]:
-    no_pace = h.Args(**{**args.__dict__, "pace": 0.0})
+    no_pace = dataclasses.replace(args, pace=0.0)
     app, (steps, _) = build(no_pace, max_concurrency=max(args.concurrency, 1))
     async with app:
         await _round(app, steps, min(args.runs, 50), args.steps, args.concurrency)
