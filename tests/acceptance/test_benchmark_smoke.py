@@ -19,6 +19,22 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOL_KINDS = ("read", "idempotent", "irreversible")
 
 
+def run_benchmark(
+    script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` with ``args`` the way a person would; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def assert_tool_call_figures(stdout: str, out: Path) -> None:
     """The tool-call section ran: ms per call of each effect kind next to ms per plain step,
     and their ratio, printed and in the JSON as positive numbers (never a speed)."""
@@ -40,14 +56,7 @@ def assert_tool_call_figures(stdout: str, out: Path) -> None:
 @pytest.mark.slow
 def test_core_benchmark_quick_mode_runs(tmp_path: Path) -> None:
     out = tmp_path / "core.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "core.py"), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_benchmark("core.py", "--quick", "--json", str(out))
     assert "ms/step" in proc.stdout and "steps/s" in proc.stdout
     assert "synchronous=FULL" in proc.stdout
     assert out.exists() and out.stat().st_size > 0
@@ -59,23 +68,7 @@ def test_core_benchmark_quick_mode_runs(tmp_path: Path) -> None:
 def test_core_benchmark_quick_mode_runs_on_postgres(postgres_template: str, tmp_path: Path) -> None:
     # postgres_template: skipped without a server (failed under TETHER_REQUIRE_POSTGRES=1).
     out = tmp_path / "core-postgres.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "core.py"),
-            "--backend",
-            "postgres",
-            "--quick",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_benchmark("core.py", "--backend", "postgres", "--quick", "--json", str(out))
     assert "ms/step" in proc.stdout and "steps/s" in proc.stdout
     assert "worker process" in proc.stdout and "failover" in proc.stdout
     assert "synchronous_commit=" in proc.stdout
@@ -91,23 +84,7 @@ def test_agent_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: 
     if backend == "postgres":
         request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
     out = tmp_path / "agent.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "agent.py"),
-            "--quick",
-            "--backend",
-            backend,
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_benchmark("agent.py", "--quick", "--backend", backend, "--json", str(out))
     assert "bytes stored per model call" in proc.stdout and "ms per model call" in proc.stdout
     figures = json.loads(out.read_text(encoding="utf-8"))
     for turn in (1, 10, 50):
@@ -141,23 +118,7 @@ def test_control_plane_benchmark_quick_mode_runs(
     if backend == "postgres":
         request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
     out = tmp_path / "control-plane.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "control_plane.py"),
-            "--quick",
-            "--backend",
-            backend,
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_benchmark("control_plane.py", "--quick", "--backend", backend, "--json", str(out))
     assert "ms per call, median / p95" in proc.stdout
     for read in CONTROL_PLANE_READS:
         assert read in proc.stdout
@@ -186,23 +147,7 @@ def test_fork_benchmark_quick_mode_runs(backend: str, tmp_path: Path, request: A
     if backend == "postgres":
         request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
     out = tmp_path / "fork.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "fork.py"),
-            "--quick",
-            "--backend",
-            backend,
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_benchmark("fork.py", "--quick", "--backend", backend, "--json", str(out))
     for section in (
         "app.fork(origin, n)",
         "what one fork adds",
@@ -242,25 +187,17 @@ def test_peer_harness_quick_mode_runs_tether(backend: str, tmp_path: Path, reque
     if backend == "postgres":
         request.getfixturevalue("postgres_template")  # skipped (or failed in CI) without one
     out = tmp_path / "peers.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "peers" / "compare.py"),
-            "--quick",
-            "--systems",
-            "tether",
-            "--backends",
-            backend,
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_benchmark(
+        "peers/compare.py",
+        "--quick",
+        "--systems",
+        "tether",
+        "--backends",
+        backend,
+        "--json",
+        str(out),
         timeout=300,
-        env=dict(os.environ, TETHER_BENCH_POSTGRES_URL=SERVER_URL),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "round 1: " not in proc.stdout, proc.stdout  # no workload failed
     figures = json.loads(out.read_text(encoding="utf-8"))["backends"][backend]
     step = figures["step"]["median"]
