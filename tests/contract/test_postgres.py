@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -435,3 +436,41 @@ async def test_a_claim_reads_each_state_in_index_order_not_a_bitmap_of_dead_entr
     assert "Bitmap" not in plan, plan
     claimed = await store.claim_runs("w1", 50, 15.0, WORKFLOWS)
     assert [fence.run_id for fence in claimed] == ["r3000"]  # the one still pending
+
+
+async def test_writes_go_through_one_held_connection(store: PostgresStore) -> None:
+    """Write after write, the flusher keeps its connection: no checkout from the pool per
+    write (each costs a lock, a status check and a return)."""
+    pool = store.pool
+    getconn = pool.getconn
+    checkouts = 0
+
+    async def counted(timeout: float | None = None) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        nonlocal checkouts
+        checkouts += 1
+        return await getconn(timeout)
+
+    pool.getconn = counted  # type: ignore[method-assign]
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    before = checkouts  # the first write took the connection
+    for seq in range(1, 21):
+        await store.append_entry(fence, step_entry(seq, seq))
+    assert checkouts == before, f"{checkouts - before} checkouts for 20 writes"
+    assert [e.seq for e in await store.list_entries("r1")] == list(range(1, 21))
+
+
+async def test_a_pool_of_one_connection_still_reads_between_writes(postgres_url: str) -> None:
+    """With a single connection for everything, the writer gives it back after each
+    flush: reads never wait on a connection the writer keeps."""
+    s = PostgresStore(f"{postgres_url}?pool_size=1&pool_timeout=3")
+    await s.open()
+    try:
+        await s.create_run(NewRun("r1", "flow", ARGS))
+        [fence] = await s.claim_runs("w1", 10, 30.0, WORKFLOWS)
+        for seq in range(1, 6):
+            await s.append_entry(fence, step_entry(seq, seq))
+            assert len(await s.list_entries("r1")) == seq
+        assert (await s.get_run("r1")) is not None
+    finally:
+        await s.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -1489,3 +1490,72 @@ async def test_concurrent_runs_share_commits(db_url: str) -> None:
     assert results == [steps] * runs
     # 100 step entries plus 20 finishes and the claims, in far fewer transactions.
     assert commits <= (runs * steps) // 2
+
+
+async def test_a_long_run_of_steps_lets_other_tasks_run(tmp_path: Any) -> None:
+    """SQLite commits a write at once when nothing else is ready to run (so nothing could
+    join its batch), sparing a step two trips through the loop; but a run of such writes
+    still goes through the loop every few steps, or one long workflow would keep timers
+    and I/O (heartbeats, signal handlers, other runs' wake-ups) waiting until it ended."""
+    app = App(f"sqlite:///{tmp_path}/long.db")
+    done = 0
+    seen: list[int] = []
+
+    @app.step
+    async def add(i: int) -> int:
+        nonlocal done
+        done += 1
+        return i + 1
+
+    @app.workflow
+    async def many(ctx: Context, n: int) -> int:
+        return sum([await add(i) for i in range(n)])
+
+    # Every loop iteration asks the selector for I/O (and then runs due timers): spy on it.
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    select = selector.select
+
+    def spied(timeout: float | None = None) -> Any:
+        seen.append(done)
+        return select(timeout)
+
+    async with app:
+        handle = await app.start(many, 400)
+        store = cast(SQLiteStore, app.store)
+        commits = store.commits
+        selector.select = spied
+        try:
+            assert await handle.result(timeout=60) == sum(range(1, 401))
+        finally:
+            selector.select = select
+        assert store.commits - commits >= 400  # one commit per step: no write-behind
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    assert max(gaps) <= 17, f"{max(gaps)} steps in a row ran without the loop looking at I/O"
+
+
+async def test_a_run_costs_two_claims(db_url: str) -> None:
+    """The worker claims once when a run is started and once more at most (a notification
+    of the same start, or a slot freed): not again after a claim that found fewer runs
+    than it asked for, nor for every run that ends while slots are free."""
+    app = App(db_url, poll_interval=30.0)
+
+    @app.workflow
+    async def quick(ctx: Context, i: int) -> int:
+        return i
+
+    async with app:
+        await (await app.start(quick, 0)).result(timeout=10)
+        store = app.store
+        claim_runs = store.claim_runs
+        claims = 0
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return await claim_runs(*args, **kwargs)
+
+        store.claim_runs = counted  # type: ignore[method-assign]
+        for i in range(10):
+            assert await (await app.start(quick, i)).result(timeout=10) == i
+        await asyncio.sleep(0.2)  # a late notification of the last start
+    assert 10 <= claims <= 22, f"{claims} claims for 10 runs"  # it was 3 or 4 a run

@@ -75,9 +75,12 @@ _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 )
 
 
-def current_context(what: str) -> Context:
+def current_context(what: str, name: str | None = None) -> Context:
+    """The workflow's context; ``what`` (and ``name``) say what was called, for the error."""
     ctx = _current.get()
     if ctx is None:
+        if name is not None:
+            what = f"{what} {name!r}"
         raise NotInWorkflowError(
             f"{what} was called outside a workflow; durable calls only work inside an "
             "@app.workflow function (call .fn(...) to run the plain function instead)"
@@ -127,6 +130,7 @@ class Context:
         # counter when the last of them resumed the run) when the call at seq was made.
         self._order = DeliveryOrder(state.entries.values(), lambda: self._seq)
         self._after: dict[int, tuple[int, int]] = {}
+        self._loop = asyncio.get_running_loop()  # given to current_task: no lookup per call
         self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._last_task: asyncio.Task[Any] | None = None
         # Quiescence: the run parks once every branch is blocked on a wait (or on a turn)
@@ -134,7 +138,7 @@ class Context:
         self._inflight = 0
         self._progress = 0
         self._blocked: dict[int, _Wait] = {}
-        self._quiescent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._quiescent: asyncio.Future[None] = self._loop.create_future()
         self._idle: asyncio.Future[None] | None = None  # see settle()
         self._checking = False
         self._refreshing = False
@@ -163,7 +167,7 @@ class Context:
         released = self._order.released
         self._after[seq] = (released, self._order.resumed_at(released))
         self._order.after_call()
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is not self._last_task and task is not None:
             self._tasks.add(task)
             self._last_task = task
@@ -241,7 +245,7 @@ class Context:
         self._inflight += 1
         # The task that makes the call (an asyncio.gather child, say, which took its seq
         # in the workflow's own task): the executor waits for it before the run is over.
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is not self._last_task and task is not None:
             self._tasks.add(task)
 
@@ -485,7 +489,10 @@ class Context:
                 raise
         finally:
             self._end()
-        await self._turn(delivery, recorded=False)
+        if self._order.live_next(delivery):  # the common case, without a coroutine
+            self._progress += 1
+        else:
+            await self._turn(delivery, recorded=False)
         if failure is not None:
             raise _step_error(step.name, seq, _error_dict(failure)) from failure
         if type(value) in _JSON_SCALARS:  # its JSON round trip is the identity

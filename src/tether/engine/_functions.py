@@ -31,7 +31,7 @@ class Step(Generic[P, R]):
         functools.update_wrapper(self, definition.fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        ctx = current_context(f"step {self.name!r}")
+        ctx = current_context("step", self.name)
         result: Awaitable[R] = ctx._call_step(self.definition, args, kwargs)
         return result
 
@@ -56,7 +56,7 @@ class Tool(Generic[P, R]):
     # Typed loosely: the function's own signature includes ``idempotency_key``, which the
     # caller must not pass (Tether does), and no ParamSpec can drop a keyword parameter.
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[R]:
-        ctx = current_context(f"tool {self.name!r}")
+        ctx = current_context("tool", self.name)
         result: Awaitable[R] = ctx._call_tool(self.definition, args, kwargs)
         return result
 

@@ -81,8 +81,11 @@ async def call_step(
     is cancelled (an irreversible call must not be decided while it may still act).
     ``scrub`` cleans the text of an error before it is logged (secrets)."""
     attempt = 1
+    plain = step.is_async and step.timeout is None  # the body itself is the attempt
     while True:
         try:
+            if plain:
+                return await step.fn(*args, **kwargs), attempt
             return await _attempt(step, args, kwargs, finish_threads), attempt
         except Exception as exc:
             if attempt > step.retries or (retry_if is not None and not retry_if(exc)):

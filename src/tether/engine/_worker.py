@@ -134,10 +134,12 @@ class Worker:
         if expired:
             log.info("took over %d run(s) from dead local worker(s)", expired)
 
-    async def _claim(self) -> int:
+    async def _claim(self) -> tuple[int, bool]:
+        """Claim what there is room for: (how many, whether the batch was full). A batch
+        that was not full took every run there was to take."""
         room = self.max_concurrency - len(self.active)
         if room <= 0 or self._stopping:
-            return 0
+            return 0, False
         if time.monotonic() - self._last_expiry > 1.0:
             await self._expire_dead()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
@@ -158,7 +160,7 @@ class Worker:
                 # run: the old execution's writes would be rejected anyway; stop it.
                 self.cancel_local(fence.run_id)
             self.active[fence.run_id] = task
-        return len(fences)
+        return len(fences), len(fences) >= limit
 
     async def _execute(self, fence: Fence) -> str:
         outcome = Outcome.ABANDONED
@@ -193,19 +195,22 @@ class Worker:
                 except StorageError as exc:
                     log.warning("run %s: could not hand back (%s)", fence.run_id, exc)
             self.app._notify(fence.run_id)
-            self._wakeup.set()  # a slot is free, and a parent may have been woken
+            # Claim again if a slot was wanted, or a parent of this run may have been woken
+            # (PostgreSQL announces that to every worker; SQLite cannot).
+            if len(self.active) + 1 >= self.max_concurrency or not self.store.notifies:
+                self._wakeup.set()
 
     async def _loop(self) -> None:
         backoff = 0.0
         while not self._stopping:
             self._deadline = math.inf
             try:
-                claimed = await self._claim()
+                _, full = await self._claim()
                 backoff = 0.0
                 if self._stopping:
                     break
-                if claimed and len(self.active) < self.max_concurrency:
-                    continue  # there may be more
+                if full and len(self.active) < self.max_concurrency:
+                    continue  # a whole batch: there may be more
                 timeout = self.poll_interval
                 if len(self.active) < self.max_concurrency:
                     # (At capacity a due timer cannot be claimed anyway: wait for a slot.)

@@ -247,7 +247,7 @@ class _DurableModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        ctx = current_context(f"model {self.model_name!r}")
+        ctx = current_context("model", self.model_name)
         model = self
 
         async def call_model(request: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +276,7 @@ class _DurableModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> RequestUsage:
-        ctx = current_context(f"model {self.model_name!r}")
+        ctx = current_context("model", self.model_name)
         model = self
 
         async def count(request: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +425,7 @@ class _DurableToolset(WrapperToolset[Any]):
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
-        tctx = current_context(f"tool {name!r}")
+        tctx = current_context("tool", name)
         wrapped = self.wrapped
 
         async def body(**recorded: Any) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .._errors import (
@@ -118,6 +120,13 @@ _SEAL = (
     "started_at = CASE WHEN EXCLUDED.status = 'intent' "
     "THEN EXCLUDED.started_at ELSE journal.started_at END"
 )
+# One journal write with its fence check (and share lock): a plain step is one statement.
+# Bytes, built once: psycopg then neither formats nor encodes it per call.
+_JOURNAL_WRITE = (
+    f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
+    f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) {_SEAL}"
+).encode()
 # A call asked about anew (a retry in place) gets its new approval deadline.
 _NEW_DEADLINE = (
     "deadline = COALESCE(EXCLUDED.deadline, effects.deadline), on_timeout = CASE WHEN "
@@ -283,6 +292,8 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        # The connection the flusher writes through, kept between flushes (see _writer).
+        self._held: Conn | None = None
         self._handlers: list[EventHandler] = []
         self._listener: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
@@ -388,6 +399,7 @@ class PostgresStore:
             self._listener = None
         self._handlers.clear()
         if self._pool is not None:
+            await self._give_back()
             pool, self._pool = self._pool, None
             await pool.close()
 
@@ -484,8 +496,7 @@ class PostgresStore:
             await self._flush_alone(batch[0])
             return
         try:
-            async with self.pool.connection() as conn:
-                outcomes = await self._run_batch(conn, batch)
+            outcomes = await self._on_writer(lambda conn: self._run_batch(conn, batch))
         except asyncio.CancelledError as exc:
             _fail(batch, self._error("write", exc))
             raise
@@ -533,19 +544,44 @@ class PostgresStore:
                 outcomes.append((op.future, None, lease_lost(fence)))
         return outcomes
 
+    async def _on_writer(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Do one flush's ``work`` on the writer connection. Writes go one flush at a time,
+        so the flusher keeps one connection out of the pool between flushes: a step's
+        write costs no checkout and no return. It goes back to the pool (which checks it,
+        and replaces it if broken) after any error, if a flush leaves it in a transaction,
+        at close, and after every flush when the pool has one connection for everything."""
+        conn = self._held
+        if conn is None:
+            conn = self._held = await self.pool.getconn()
+        try:
+            result = await work(conn)
+        except BaseException:
+            await self._give_back()
+            raise
+        if self.pool_size < 2 or conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            await self._give_back()
+        return result
+
+    async def _give_back(self) -> None:
+        conn, self._held = self._held, None
+        if conn is not None and self._pool is not None:
+            await self._pool.putconn(conn)
+
+    async def _run_alone(self, op: _Op, conn: Conn) -> _Outcome:
+        if not op.single:
+            [outcome] = await self._run_batch(conn, [op])
+            return outcome
+        try:
+            return (op.future, await op.run(conn), None)
+        except TetherError as exc:
+            return (op.future, None, exc)
+
     async def _flush_alone(self, op: _Op) -> None:
         """One write in its own transaction (in autocommit if it is one statement),
         retried when the server aborted it for a deadlock or a serialization conflict."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                async with self.pool.connection() as conn:
-                    if op.single:
-                        try:
-                            outcome: _Outcome = (op.future, await op.run(conn), None)
-                        except TetherError as exc:
-                            outcome = (op.future, None, exc)
-                    else:
-                        [outcome] = await self._run_batch(conn, [op])
+                outcome = await self._on_writer(functools.partial(self._run_alone, op))
             except asyncio.CancelledError as exc:
                 _fail([op], self._error("write", exc))
                 raise
@@ -1234,12 +1270,23 @@ class PostgresStore:
         if blob and effect is None and consume_signal is None and start_child is None:
             await self._write_with_blobs(fence, entry)  # a model call: one statement
             return
-        extra = consume_signal is not None or start_child is not None or effect is not None
-        extra = extra or blob
+        alone = consume_signal is None and start_child is None and effect is None
+        if alone and not blob:
+            # A plain step: one statement, batched with its neighbours' (see _APPEND_MANY).
+            params = journal_params(fence, entry, (entry.input_json, None, entry.output_json, None))
+
+            async def plain(conn: Conn) -> None:
+                owner = (fence.run_id, fence.worker_id, fence.fence)
+                cur = await conn.execute(_JOURNAL_WRITE, (*params, *owner))
+                if cur.rowcount != 1:
+                    raise lease_lost(fence)
+
+            row = (*params, fence.worker_id, int(fence.fence))
+            await self._write(plain, single=True, row=row)
+            return
 
         async def op(conn: Conn) -> None:
-            if extra:  # a stale writer must write nothing, not even a blob: check first
-                await self._check(conn, fence)
+            await self._check(conn, fence)  # a stale writer must write nothing: check first
             if effect is not None:
                 await conn.execute(
                     _EFFECT_UPSERT,
@@ -1261,9 +1308,7 @@ class PostgresStore:
             # The fence check (with its share lock) is part of the insert: a plain step is
             # one statement, one round trip.
             cur = await conn.execute(
-                f"INSERT INTO journal ({JOURNAL_COLUMNS}) "
-                "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s, "
-                f"%s::int, %s::int, %s::int WHERE EXISTS ({_OWNED}) {_SEAL}",
+                _JOURNAL_WRITE,
                 (
                     *journal_params(
                         fence, entry, (input_inline, input_ref, output_inline, output_ref)
@@ -1281,11 +1326,7 @@ class PostgresStore:
                     (entry.seq, consume_signal),
                 )
 
-        row = None
-        if not extra:  # batched with its neighbours' plain writes (see _APPEND_MANY)
-            values = (entry.input_json, None, entry.output_json, None)
-            row = (*journal_params(fence, entry, values), fence.worker_id, int(fence.fence))
-        await self._write(op, single=not extra, row=row)
+        await self._write(op)
 
     async def _write_with_blobs(self, fence: Fence, entry: NewEntry) -> None:
         hashes = [digest for digest, _ in entry.blobs]

@@ -236,8 +236,11 @@ def blob_hash(text: str) -> str:
 
 def has_blob(entry: NewEntry) -> bool:
     """Whether writing the entry stores a blob (a write before the journal insert)."""
-    return bool(entry.blobs) or any(
-        v is not None and len(v) > BLOB_THRESHOLD for v in (entry.input_json, entry.output_json)
+    if entry.blobs:
+        return True
+    given, returned = entry.input_json, entry.output_json
+    return (given is not None and len(given) > BLOB_THRESHOLD) or (
+        returned is not None and len(returned) > BLOB_THRESHOLD
     )
 
 
