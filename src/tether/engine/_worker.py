@@ -134,12 +134,12 @@ class Worker:
         if expired:
             log.info("took over %d run(s) from dead local worker(s)", expired)
 
-    async def _claim(self) -> tuple[int, bool]:
-        """Claim what there is room for: (how many, whether the batch was full). A batch
-        that was not full took every run there was to take."""
+    async def _claim(self) -> bool:
+        """Claim what there is room for; return whether the batch was full (one that was
+        not took every run there was to take)."""
         room = self.max_concurrency - len(self.active)
         if room <= 0 or self._stopping:
-            return 0, False
+            return False
         if time.monotonic() - self._last_expiry > 1.0:
             await self._expire_dead()
         # Only workflows this App has: during a rolling deploy, a run of a workflow that
@@ -160,7 +160,7 @@ class Worker:
                 # run: the old execution's writes would be rejected anyway; stop it.
                 self.cancel_local(fence.run_id)
             self.active[fence.run_id] = task
-        return len(fences), len(fences) >= limit
+        return len(fences) >= limit
 
     async def _execute(self, fence: Fence) -> str:
         outcome = Outcome.ABANDONED
@@ -205,7 +205,7 @@ class Worker:
         while not self._stopping:
             self._deadline = math.inf
             try:
-                _, full = await self._claim()
+                full = await self._claim()
                 backoff = 0.0
                 if self._stopping:
                     break

@@ -292,7 +292,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
-        # The connection the flusher writes through, kept between flushes (see _writer).
+        # The connection the flusher writes through, kept between flushes (see _on_writer).
         self._held: Conn | None = None
         self._handlers: list[EventHandler] = []
         self._listener: asyncio.Task[None] | None = None

@@ -110,6 +110,7 @@ _JOURNAL_UPSERT_DONE = (
 def _plain_write(fence: Fence, entry: NewEntry) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters of a journal write with no blob to store."""
     owner = (fence.run_id, fence.worker_id, fence.fence)
+    params = journal_params(fence, entry, (entry.input_json, None, entry.output_json, None))
     if (
         entry.error_json is None
         and entry.input_json is not None
@@ -120,10 +121,9 @@ def _plain_write(fence: Fence, entry: NewEntry) -> tuple[str, tuple[Any, ...]]:
         and entry.after_delivery is not None
         and entry.after_seq is not None
     ):
-        params = journal_params(fence, entry, (entry.input_json, None, entry.output_json, None))
+        # Without input_ref (6), output_ref (8) and error (9), which the statement has.
         return _JOURNAL_UPSERT_DONE, (*params[:6], params[7], *params[10:], *owner)
-    values = (entry.input_json, None, entry.output_json, None)
-    return _JOURNAL_UPSERT, (*journal_params(fence, entry, values), *owner)
+    return _JOURNAL_UPSERT, (*params, *owner)
 
 
 # A tool call's intent, first written or written again (a call authorized anew).
@@ -1005,7 +1005,7 @@ class SQLiteStore:
                 )
             input_inline, input_ref = self._value(conn, entry.input_json)
             output_inline, output_ref = self._value(conn, entry.output_json)
-            # The fence check is part of the insert: a plain step is one statement.
+            # The fence check is part of the insert, as for a plain step.
             cur = conn.execute(
                 _JOURNAL_UPSERT,
                 (
