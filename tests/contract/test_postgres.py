@@ -460,6 +460,130 @@ async def test_writes_go_through_one_held_connection(store: PostgresStore) -> No
     assert [e.seq for e in await store.list_entries("r1")] == list(range(1, 21))
 
 
+def _loop_turns() -> tuple[list[int], Any]:
+    """Count the event loop's turns: each asks the selector for I/O once."""
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    select = selector.select
+    turns = [0]
+
+    def spied(timeout: float | None = None) -> Any:
+        turns[0] += 1
+        return select(timeout)
+
+    selector.select = spied
+    return turns, lambda: setattr(selector, "select", select)
+
+
+async def test_a_lone_write_costs_two_turns_of_the_loop(store: PostgresStore) -> None:
+    """A write with nothing else to join it goes from its caller (no flusher task and no
+    trip back from one), on a socket that stays registered with the loop, read as its
+    reply arrives: one turn to wait for the reply, one to resume the caller. Through a
+    flusher task, and with psycopg's own wait, it took five."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, 1))  # the writer takes its connection
+    flushers_before = {t for t in asyncio.all_tasks() if t.get_name() == "tether-flush"}
+    turns, restore = _loop_turns()
+    try:
+        for seq in range(2, 52):
+            await store.append_entry(fence, step_entry(seq, seq))
+    finally:
+        restore()
+    assert turns[0] <= 2.5 * 50, f"{turns[0]} turns of the loop for 50 writes"
+    assert {t for t in asyncio.all_tasks() if t.get_name() == "tether-flush"} <= flushers_before
+    assert [e.seq for e in await store.list_entries("r1")] == list(range(1, 52))
+
+
+async def test_concurrent_writes_still_share_a_commit(store: PostgresStore) -> None:
+    """Writes made in the same turn of the loop wait for one flush together (the caller
+    writes alone only when nothing else could join it)."""
+    for i in range(20):
+        await store.create_run(NewRun(f"r{i}", "flow", ARGS))
+    fences = await store.claim_runs("w1", 50, 30.0, WORKFLOWS)
+    commits = store.commits
+    await asyncio.gather(*(store.append_entry(f, step_entry(1, f.run_id)) for f in fences))
+    assert store.commits - commits <= 3, f"{store.commits - commits} commits for 20 writes"
+    for f in fences:
+        assert [e.output for e in await store.list_entries(f.run_id)] == [f.run_id]
+
+
+async def _slow_insert(store: PostgresStore, run_id: str, seconds: float) -> asyncio.Task[Any]:
+    """A one-statement write that takes ``seconds`` on the server, made by its caller."""
+
+    async def slow(conn: Any) -> None:
+        await conn.execute(
+            "INSERT INTO run_tags (tag, run_id) SELECT 'slow', %s FROM pg_sleep(%s)",
+            (run_id, seconds),
+        )
+
+    task = asyncio.create_task(store._write(slow, single=True))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)  # sent, and now waiting on the server
+    assert not task.done()
+    return task
+
+
+async def test_a_write_whose_caller_is_cancelled_is_seen_through(store: PostgresStore) -> None:
+    """Cancelled while its statement runs on the server, the write waits for the reply
+    (it may have committed; now it is known), then raises the cancellation. The
+    connection is left clean for the next write."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    task = await _slow_insert(store, "r1", 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store._read("SELECT tag FROM run_tags WHERE run_id = 'r1'") == [("slow",)]
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, "next"))
+    assert [e.output for e in await store.list_entries("r1")] == ["next"]
+
+
+async def test_a_second_cancel_abandons_the_statement(store: PostgresStore) -> None:
+    """Cancelled twice, the write stops waiting for a server that is slow to answer; its
+    connection goes back to the pool (which closes it, mid-statement) and the store
+    writes on through another."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    task = await _slow_insert(store, "r1", 30.0)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    assert not task.done()  # the first cancellation waits for the statement
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)  # not the 30 s the statement would take
+    assert store._held is None
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, "next"))
+    assert [e.output for e in await store.list_entries("r1")] == ["next"]
+
+
+async def test_a_held_connection_the_server_closes_does_not_spin_the_loop(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """The server ends the writer's connection between writes: its socket turns readable
+    with nobody waiting. The watch stops (no busy loop on a readable socket nobody reads),
+    and the next write goes through a new connection."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, 1))
+    held = store._held
+    assert held is not None and held.watched
+    async with await psycopg.AsyncConnection.connect(SERVER_URL, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s)", (held.info.backend_pid,))
+    turns, restore = _loop_turns()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        restore()
+    assert turns[0] < 100, f"{turns[0]} turns of the loop in 0.5 s with nothing to do"
+    for seq in range(2, 100):  # the write on the dead connection fails; then a new one
+        try:
+            await store.append_entry(fence, step_entry(seq, seq))
+            break
+        except StorageError:
+            await asyncio.sleep(0.05)
+    assert store._held is not held
+    assert len(await store.list_entries("r1")) == 2
+
+
 async def test_a_pool_of_one_connection_still_reads_between_writes(postgres_url: str) -> None:
     """With a single connection for everything, the writer gives it back after each
     flush: reads never wait on a connection the writer keeps."""

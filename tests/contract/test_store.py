@@ -86,6 +86,31 @@ async def test_create_run_is_idempotent(store: AnyStore) -> None:
     assert len(await store.list_runs()) == 1
 
 
+@pytest.mark.parametrize(
+    "new",
+    [
+        NewRun("plain", "flow", ARGS),
+        NewRun(
+            "full",
+            "flow",
+            json.dumps({"args": [1, "x"], "kwargs": {"k": [None, 2.5]}}),
+            parent_run_id="p",
+            parent_seq=7,
+            tags=("b", "a"),
+            forked_from="origin",
+            fork_seq=3,
+            fork_replaced=True,
+        ),
+    ],
+)
+async def test_a_created_run_is_returned_as_it_was_stored(store: AnyStore, new: NewRun) -> None:
+    """create_run builds the run it returns instead of reading it back: it must be what a
+    read gives, field for field."""
+    run, created = await store.create_run(new)
+    assert created
+    assert run == await store.get_run(new.run_id)
+
+
 async def test_create_run_with_another_workflow_conflicts(store: AnyStore) -> None:
     await store.create_run(NewRun("r1", "flow", ARGS))
     with pytest.raises(RunIdConflictError, match="'flow'") as info:

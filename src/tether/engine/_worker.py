@@ -70,6 +70,9 @@ class Worker:
         # When the claim loop next looks on its own (epoch seconds); infinite while it is
         # looking, so that nothing announced meanwhile is missed.
         self._deadline = math.inf
+        # What next_wake_at last said, and when (monotonic): see _next_wake.
+        self._due: float | None = None
+        self._due_read = -math.inf
         self.claimed = 0
 
     @property
@@ -99,13 +102,17 @@ class Worker:
                 due = float(wake_at)
             except ValueError:
                 return
-            if workflow in self.app.workflows and due < self._deadline:
-                self.wake()  # sooner than the loop meant to look: look again
+            if workflow in self.app.workflows:
+                if self._due is None or due < self._due:
+                    self._due = due
+                if due < self._deadline:
+                    self.wake()  # sooner than the loop meant to look: look again
         elif kind == "signal":
             self.poke(value)
         elif kind == "cancel":
             self.cancel_local(value)
         elif kind == "connected":
+            self._due_read = -math.inf  # timers announced meanwhile may have been missed
             self.wake()  # announcements may have been missed while disconnected
 
     def poke(self, run_id: str) -> None:
@@ -214,7 +221,7 @@ class Worker:
                 timeout = self.poll_interval
                 if len(self.active) < self.max_concurrency:
                     # (At capacity a due timer cannot be claimed anyway: wait for a slot.)
-                    next_wake = await self.store.next_wake_at(frozenset(self.app.workflows))
+                    next_wake = await self._next_wake()
                     if next_wake is not None:
                         timeout = max(0.0, min(timeout, next_wake - time.time() + 0.001))
                 await self._warn_unknown_workflows()
@@ -231,6 +238,27 @@ class Worker:
             except TimeoutError:
                 pass
             self._wakeup.clear()
+
+    async def _next_wake(self) -> float | None:
+        """When a timer or a lease next falls due. Where the store announces every timer
+        set (PostgreSQL), the last read stays good until what it found falls due, or for
+        a poll interval (half a lease, if shorter): timers set since arrive through
+        on_event, which folds them in, and a lease taken since is found by the next read,
+        as the loop found it before, when its next poll came round. So a claim costs no
+        read of its own."""
+        fresh = min(self.poll_interval, self.lease_seconds / 2)
+        if (
+            self.store.notifies
+            and time.monotonic() - self._due_read < fresh
+            and (self._due is None or self._due > time.time())
+        ):
+            return self._due
+        self._due_read = time.monotonic()
+        self._due = None  # timers announced during the read are folded in meanwhile
+        due = await self.store.next_wake_at(frozenset(self.app.workflows))
+        if due is not None and (self._due is None or due < self._due):
+            self._due = due
+        return self._due
 
     async def _warn_unknown_workflows(self) -> None:
         now = time.monotonic()

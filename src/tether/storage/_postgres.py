@@ -2,7 +2,10 @@
 
 - **Group commit.** Every write goes through one queue per process, flushed by one task on
   one connection: writes queued while a flush is in flight share the next transaction. A
-  flush of a single one-statement write runs in autocommit (one round trip).
+  flush of a single one-statement write runs in autocommit (one round trip). A
+  one-statement write that nothing could join (no flush in flight, nothing else ready to
+  run) is made by its caller instead, without a task. The writer's connection waits for
+  its replies on a socket kept registered with the loop (``_pgwait``).
 - **Fencing.** A write that advances a run checks, in the same statement, that the writer
   still holds the lease, and takes a share lock on the run's row while it does: a claim by
   another worker (``FOR UPDATE SKIP LOCKED``) can neither slip in between the check and the
@@ -56,6 +59,7 @@ from .._records import (
 )
 from . import _procs
 from ._migrations import load_migrations, split_statements
+from ._pgwait import WatchedConnection
 from ._rows import (
     BLOB_THRESHOLD,
     DISCARD_COLUMNS,
@@ -76,6 +80,7 @@ from ._rows import (
     journal_params,
     lease_lost,
     lineage_query,
+    new_run_record,
     restart_error,
     restart_records,
     run_from_row,
@@ -93,7 +98,7 @@ __all__ = ["PostgresStore", "parse_postgres_url"]
 log = logging.getLogger("tether.storage")
 
 T = TypeVar("T")
-Conn = AsyncConnection[tuple[Any, ...]]
+Conn = WatchedConnection  # every pool connection (see _pgwait)
 
 CHANNEL = "tether"
 # Serializes migrations between processes opening one database at once.
@@ -282,6 +287,7 @@ class PostgresStore:
 
     poll_interval = 1.0  # a safety net: LISTEN/NOTIFY does the waking
     notifies = True
+    _loop: asyncio.AbstractEventLoop  # the loop the pool was opened in (set with _pool)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -289,11 +295,12 @@ class PostgresStore:
         self.conninfo, options = parse_postgres_url(url)
         self.pool_size: int = options["pool_size"]
         self.pool_timeout: float = options["pool_timeout"]
-        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._pool: AsyncConnectionPool[WatchedConnection] | None = None
         self._queue: list[_Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # The task flushing the queue, or a write made by its caller (see _write).
+        self._flusher: asyncio.Future[None] | None = None
         # The connection the flusher writes through, kept between flushes (see _on_writer).
-        self._held: Conn | None = None
+        self._held: WatchedConnection | None = None
         self._handlers: list[EventHandler] = []
         self._listener: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
@@ -316,8 +323,9 @@ class PostgresStore:
             raise StorageError(f"cannot open {self.display_url}: {_reason(exc)}") from exc
         finally:
             await conn.close()
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        pool = AsyncConnectionPool(
             self.conninfo,
+            connection_class=WatchedConnection,
             min_size=1,
             max_size=self.pool_size,
             kwargs={"autocommit": True},
@@ -336,9 +344,10 @@ class PostgresStore:
         except PoolTimeout as exc:
             await pool.close()
             raise StorageError(f"cannot connect to {self.display_url}: {exc}") from exc
+        self._loop = asyncio.get_running_loop()
         self._pool = pool
 
-    async def _connect(self, create: bool) -> Conn:
+    async def _connect(self, create: bool) -> AsyncConnection[tuple[Any, ...]]:
         try:
             return await AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -360,7 +369,7 @@ class PostgresStore:
                 await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         return await AsyncConnection.connect(self.conninfo, autocommit=True)
 
-    async def _migrate(self, conn: Conn, create: bool) -> None:
+    async def _migrate(self, conn: AsyncConnection[tuple[Any, ...]], create: bool) -> None:
         if not create:
             cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
             row = await cur.fetchone()
@@ -404,7 +413,7 @@ class PostgresStore:
             await pool.close()
 
     @property
-    def pool(self) -> AsyncConnectionPool[Conn]:
+    def pool(self) -> AsyncConnectionPool[WatchedConnection]:
         if self._pool is None:
             raise StorageError("the store is not open")
         return self._pool
@@ -477,11 +486,36 @@ class PostgresStore:
     ) -> Awaitable[T]:
         if self._pool is None:
             raise StorageError("the store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(run, future, single, row))
+        loop = self._loop  # not get_running_loop(): on Python 3.11 it costs a getpid call
+        future: asyncio.Future[T] = loop.create_future()
+        op = _Op(run, future, single, row)
+        if single and self._flusher is None and not getattr(loop, "_ready", True):
+            # Nothing is being written, and nothing else is ready to run in this turn of
+            # the loop, so no other write could join this one's flush: the caller writes
+            # it itself and spares two trips through the loop (one to start a flusher
+            # task, one back). It takes the flusher's place now, so writes queued from
+            # here on wait for it, in order. A one-statement write only: if the caller is
+            # cancelled, the wait sees the statement through (see _pgwait), as a flusher
+            # task would.
+            self._flusher = loop.create_future()
+            return self._write_now(op, self._flusher)
+        self._queue.append(op)
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="tether-flush")
+            self._flusher = loop.create_task(self._flush_loop(), name="tether-flush")
         return future
+
+    async def _write_now(self, op: _Op, place: asyncio.Future[None]) -> Any:
+        """The caller's own write (see _write). ``place`` holds the flusher's place until
+        it is done; then a flusher task takes over whatever was queued meanwhile. Every
+        caller of _write awaits it at once, so this always runs."""
+        try:
+            await self._flush([op])  # every write goes through _flush, queued or not
+        finally:
+            place.set_result(None)
+            self._flusher = None
+            if self._queue:
+                self._flusher = self._loop.create_task(self._flush_loop(), name="tether-flush")
+        return await op.future
 
     async def _flush_loop(self) -> None:
         try:
@@ -549,10 +583,12 @@ class PostgresStore:
         so the flusher keeps one connection out of the pool between flushes: a step's
         write costs no checkout and no return. It goes back to the pool (which checks it,
         and replaces it if broken) after any error, if a flush leaves it in a transaction,
-        at close, and after every flush when the pool has one connection for everything."""
+        at close, and after every flush when the pool has one connection for everything.
+        While held, its socket stays registered with the loop (``WatchedConnection``)."""
         conn = self._held
         if conn is None:
             conn = self._held = await self.pool.getconn()
+            conn.watch()
         try:
             result = await work(conn)
         except BaseException:
@@ -564,8 +600,10 @@ class PostgresStore:
 
     async def _give_back(self) -> None:
         conn, self._held = self._held, None
-        if conn is not None and self._pool is not None:
-            await self._pool.putconn(conn)
+        if conn is not None:
+            conn.unwatch()
+            if self._pool is not None:
+                await self._pool.putconn(conn)
 
     async def _run_alone(self, op: _Op, conn: Conn) -> _Outcome:
         if not op.single:
@@ -663,12 +701,12 @@ class PostgresStore:
         return False
 
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
-        created = await self._write(
-            lambda conn: self._insert_run(conn, new, time.time()), single=True
-        )
+        now = time.time()
+        if await self._write(lambda conn: self._insert_run(conn, new, now), single=True):
+            return new_run_record(new, now), True  # as stored: no need to read it back
         run = await self.get_run(new.run_id)
         assert run is not None
-        return run, created
+        return run, False
 
     async def create_fork(self, new: NewRun, replaced: NewEntry | None) -> tuple[Run, bool]:
         async def op(conn: Conn) -> bool:
@@ -1277,8 +1315,7 @@ class PostgresStore:
 
             async def plain(conn: Conn) -> None:
                 owner = (fence.run_id, fence.worker_id, fence.fence)
-                cur = await conn.execute(_JOURNAL_WRITE, (*params, *owner))
-                if cur.rowcount != 1:
+                if await conn.write(_JOURNAL_WRITE, (*params, *owner)) != 1:
                     raise lease_lost(fence)
 
             row = (*params, fence.worker_id, int(fence.fence))

@@ -21,7 +21,7 @@ from .._records import (
     RunStatus,
     Signal,
 )
-from ._store import Fence, NewEffect, NewEntry
+from ._store import Fence, NewEffect, NewEntry, NewRun
 
 __all__ = [
     "BLOB_THRESHOLD",
@@ -297,6 +297,24 @@ def run_from_row(row: tuple[Any, ...]) -> Run:
         forked_from=row[16],
         fork_seq=row[17],
         fork_replaced=bool(row[18]),
+    )
+
+
+def new_run_record(new: NewRun, now: float) -> Run:
+    """The run ``new`` as stored by an insert at ``now``: what reading it back would give."""
+    return Run(
+        run_id=new.run_id,
+        workflow=new.workflow,
+        status=RunStatus.PENDING,
+        args=json.loads(new.args_json),
+        parent_run_id=new.parent_run_id,
+        parent_seq=new.parent_seq,
+        created_at=now,
+        updated_at=now,
+        tags=tuple(new.tags),
+        forked_from=new.forked_from,
+        fork_seq=new.fork_seq,
+        fork_replaced=new.fork_replaced,
     )
 
 

@@ -62,6 +62,7 @@ from ._rows import (
     journal_params,
     lease_lost,
     lineage_query,
+    new_run_record,
     restart_error,
     restart_records,
     run_from_row,
@@ -429,10 +430,12 @@ class SQLiteStore:
         return False
 
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
-        created = await self._write(lambda conn: self._insert_run(conn, new, time.time()))
+        now = time.time()
+        if await self._write(lambda conn: self._insert_run(conn, new, now)):
+            return new_run_record(new, now), True  # as stored: no need to read it back
         run = await self.get_run(new.run_id)
         assert run is not None
-        return run, created
+        return run, False
 
     async def create_fork(self, new: NewRun, replaced: NewEntry | None) -> tuple[Run, bool]:
         def op(conn: sqlite3.Connection) -> bool:
