@@ -17,7 +17,7 @@ from tether import DatabaseNotFoundError, LeaseLostError, RunStatus, StorageErro
 from tether.storage import NewEntry, NewRun
 from tether.storage._migrations import load_migrations
 from tether.storage._postgres import _CLAIM, PostgresStore
-from tether.storage._rows import lineage_query
+from tether.storage._rows import blob_hash, lineage_query
 
 pytestmark = pytest.mark.postgres
 
@@ -582,6 +582,29 @@ async def test_a_held_connection_the_server_closes_does_not_spin_the_loop(
             await asyncio.sleep(0.05)
     assert store._held is not held
     assert len(await store.list_entries("r1")) == 2
+
+
+async def test_writes_larger_than_the_socket_buffer_go_through_the_held_connection(
+    store: PostgresStore,
+) -> None:
+    """A write of megabytes (a model call's messages as blobs, sent by executemany in
+    pipeline mode) waits to write as well as to read on the held connection's socket, and
+    its replies may be read on arrival while it still sends: it must complete."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, 1))
+    for seq in range(2, 5):
+        texts = [os.urandom(100_000).hex() + str(i) for i in range(10)]  # 2 MB
+        now = time.time()
+        entry = NewEntry(
+            seq, "model", "m", "completed", "{}", json.dumps(seq), None, now, now,
+            blobs=tuple((blob_hash(text), text) for text in texts),
+        )  # fmt: skip
+        child = NewRun(f"c{seq}", "flow", ARGS)  # with a child: the general write path
+        await asyncio.wait_for(store.append_entry(fence, entry, start_child=child), 30)
+        found = await store.get_blobs([blob_hash(text) for text in texts])
+        assert sorted(found.values()) == sorted(texts)
+    assert [e.seq for e in await store.list_entries("r1")] == [1, 2, 3, 4]
 
 
 async def test_a_pool_of_one_connection_still_reads_between_writes(postgres_url: str) -> None:

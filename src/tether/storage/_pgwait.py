@@ -46,13 +46,14 @@ _POLL_MASKS = {
 class _Watch:
     """One connection's socket, registered with one loop for reading."""
 
-    __slots__ = ("fileno", "loop", "pgconn", "registered", "waiter")
+    __slots__ = ("fileno", "loop", "pgconn", "registered", "took", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pgconn: PGconn) -> None:
         self.loop = loop
         self.pgconn = pgconn
         self.fileno = pgconn.socket
         self.registered = False
+        self.took = False  # the last wait's callback read input (the socket may be dry now)
         self.waiter: asyncio.Future[None] | None = None
 
     def _on_readable(self) -> None:
@@ -64,6 +65,7 @@ class _Watch:
             self.pgconn.consume_input()  # see "Read on arrival"
         except psycopg.OperationalError:
             pass  # the waiting generator reads again and raises it
+        self.took = True
         if not waiter.done():
             waiter.set_result(None)
 
@@ -75,6 +77,7 @@ class _Watch:
     async def until(self, s: int) -> None:
         """Until the socket may be ready for ``s`` (a ``Wait``)."""
         waiter = self.waiter = self.loop.create_future()
+        self.took = False
         if not self.registered:
             self.loop.add_reader(self.fileno, self._on_readable)
             self.registered = True
@@ -159,6 +162,8 @@ class WatchedConnection(AsyncConnection[tuple[Any, ...]]):
                     while not ready:
                         await watch.until(s)
                         ready = _ready(watch.fileno, s)
+                        if watch.took and s & WAIT_R:  # read on arrival: the socket is dry
+                            ready |= READY_R
                     s = gen.send(ready)
                 except asyncio.CancelledError as exc:
                     if cancelled is not None:  # cancelled again: abandon the statement
