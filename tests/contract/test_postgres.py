@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from conftest import SERVER_URL, with_database
 from tether import DatabaseNotFoundError, LeaseLostError, RunStatus, StorageError
 from tether.storage import NewEntry, NewRun
 from tether.storage._migrations import load_migrations
+from tether.storage._pgwait import _Watch
 from tether.storage._postgres import _CLAIM, PostgresStore
 from tether.storage._rows import blob_hash, lineage_query
 
@@ -527,11 +529,18 @@ async def test_a_write_whose_caller_is_cancelled_is_seen_through(store: Postgres
     (it may have committed; now it is known), then raises the cancellation. The
     connection is left clean for the next write."""
     await store.create_run(NewRun("r1", "flow", ARGS))
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
     task = await _slow_insert(store, "r1", 1.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await store._read("SELECT tag FROM run_tags WHERE run_id = 'r1'") == [("slow",)]
+    del task
+    gc.collect()  # a failed future nobody looked at would be reported as it goes
+    loop.set_exception_handler(None)
+    assert reported == []
     [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
     await store.append_entry(fence, step_entry(1, "next"))
     assert [e.output for e in await store.list_entries("r1")] == ["next"]
@@ -553,6 +562,56 @@ async def test_a_second_cancel_abandons_the_statement(store: PostgresStore) -> N
     [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
     await store.append_entry(fence, step_entry(1, "next"))
     assert [e.output for e in await store.list_entries("r1")] == ["next"]
+
+
+async def test_a_cancel_that_lands_as_the_reply_is_read_still_ends_the_write(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's callback reads the reply, and the caller is cancelled in that same turn
+    (a timeout, a lease lost): the reply is already in libpq's buffer and the socket is dry.
+    The write must end (seen through, then cancelled), not wait for data that will never
+    come, and the store must go on writing."""
+    await store.create_run(NewRun("r1", "flow", ARGS))
+    [fence] = await store.claim_runs("w1", 10, 30.0, WORKFLOWS)
+    await store.append_entry(fence, step_entry(1, 1))
+    victim: list[asyncio.Task[Any]] = []
+    read = _Watch._on_readable
+
+    def read_then_cancel(self: _Watch) -> None:
+        read(self)
+        while victim:
+            victim.pop().cancel()
+
+    monkeypatch.setattr(_Watch, "_on_readable", read_then_cancel)
+    assert store._held is not None and store._held._watch is not None
+    store._held._watch.stop()  # registered again, with the callback above, at the next wait
+    task = asyncio.create_task(store.append_entry(fence, step_entry(2, 2)))
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert task.cancelled()
+    monkeypatch.undo()
+    await store.append_entry(fence, step_entry(3, 3))
+    assert [e.seq for e in await store.list_entries("r1")] == [1, 2, 3]
+
+
+async def test_a_write_that_fails_after_its_caller_was_cancelled_raises_the_cancel(
+    store: PostgresStore,
+) -> None:
+    """Seen through after a cancellation, the statement fails: the caller still gets its
+    cancellation (an error must not swallow it, or a cancelled task would carry on)."""
+
+    async def failing(conn: Any) -> None:
+        await conn.execute("SELECT 1 / (count(*) - count(*)) FROM pg_sleep(%s)", (1.0,))
+
+    task = asyncio.create_task(store._write(failing, single=True))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert task.cancelled()
+    await store.create_run(NewRun("r1", "flow", ARGS))  # the store writes on
+    assert await store.get_run("r1") is not None
 
 
 async def test_a_held_connection_the_server_closes_does_not_spin_the_loop(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import logging
 import threading
 import time
@@ -700,6 +701,60 @@ async def test_durable_sleep_keeps_its_wake_time_across_a_restart(db_url: str) -
     assert time.time() >= wake_at
     [entry] = await app2.get_journal("r1")
     assert entry.output == wake_at
+
+
+@pytest.mark.postgres
+async def test_a_run_started_while_announcements_are_not_heard_starts_at_once(
+    postgres_url: str,
+) -> None:
+    """Where the store hears announcements, a start leaves the worker's wake-up to the
+    run's own announcement. With the notification channel down, the start wakes the
+    worker itself: the run does not wait for a poll."""
+    app = App(postgres_url, poll_interval=30)
+
+    @app.workflow
+    async def quick(ctx: Context) -> int:
+        return 7
+
+    async with app:
+        store = app.store
+        listener = store._listener  # type: ignore[attr-defined]
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
+        assert not store.listening
+        handle = await app.start(quick)
+        assert await handle.result(timeout=10) == 7
+
+
+@pytest.mark.postgres
+async def test_a_lease_taken_after_the_last_look_is_taken_over_when_it_expires(
+    postgres_url: str,
+) -> None:
+    """The claim loop keeps what it last read of the next lease expiry, and looks again
+    when that read is half a lease old: a lease another worker took after the read (and
+    let lapse) is taken over then, not a poll interval (30 s here) later."""
+    app = App(postgres_url, poll_interval=30, lease_seconds=4)
+
+    @app.workflow
+    async def quick(ctx: Context) -> int:
+        return 9
+
+    async with app:
+        await asyncio.sleep(0.2)  # the claim loop has looked and gone to sleep
+        # Another worker's run, leased for one second and never heartbeaten (written
+        # directly: no announcement wakes anyone).
+        await app.store._write(  # type: ignore[attr-defined]
+            lambda conn: conn.execute(
+                "INSERT INTO runs (run_id, workflow, status, args, created_at, updated_at, "
+                "lease_owner, fence, lease_expires_at, attempts) VALUES ('taken', 'quick', "
+                "'running', %s, 0, 0, 'gone', 1, "
+                "extract(epoch from statement_timestamp()) + 1, 1)",
+                (json.dumps({"args": [], "kwargs": {}}),),
+            ),
+            single=True,
+        )
+        assert await app.handle("taken").result(timeout=10) == 9
 
 
 async def test_timers_set_after_the_last_look_still_wake_their_runs(db_url: str) -> None:

@@ -544,9 +544,9 @@ class App:
             _check_text("run_id", run_id)
         new = NewRun(run_id, definition.name, args_json, tags=labels)
         _, created = await store.create_run(new)
-        if created and not store.notifies:
-            # (Where the store announces new runs, its announcement wakes this App's
-            # worker too: waking it here as well would cost a second claim.)
+        if created and not store.listening:
+            # (Where the store is hearing announcements, the run's own announcement wakes
+            # this App's worker too: waking it here as well would cost a second claim.)
             self._wake_worker()
         return RunHandle(self, run_id, definition)
 

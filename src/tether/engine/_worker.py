@@ -243,22 +243,24 @@ class Worker:
         """When a timer or a lease next falls due. Where the store announces every timer
         set (PostgreSQL), the last read stays good until what it found falls due, or for
         a poll interval (half a lease, if shorter): timers set since arrive through
-        on_event, which folds them in, and a lease taken since is found by the next read,
-        as the loop found it before, when its next poll came round. So a claim costs no
-        read of its own."""
+        on_event, which folds them in, and a lease taken since is found by the read after
+        (the loop looks again when the read is that old). So a claim costs no read of
+        its own."""
         fresh = min(self.poll_interval, self.lease_seconds / 2)
-        if (
-            self.store.notifies
-            and time.monotonic() - self._due_read < fresh
-            and (self._due is None or self._due > time.time())
+        age = time.monotonic() - self._due_read
+        if not (
+            self.store.notifies and age < fresh and (self._due is None or self._due > time.time())
         ):
-            return self._due
-        self._due_read = time.monotonic()
-        self._due = None  # timers announced during the read are folded in meanwhile
-        due = await self.store.next_wake_at(frozenset(self.app.workflows))
-        if due is not None and (self._due is None or due < self._due):
-            self._due = due
-        return self._due
+            self._due_read = time.monotonic()
+            self._due = None  # timers announced during the read are folded in meanwhile
+            due = await self.store.next_wake_at(frozenset(self.app.workflows))
+            if due is not None and (self._due is None or due < self._due):
+                self._due = due
+            age = 0.0
+        # Look again when the read is due a refresh: a lease taken since (by any worker
+        # with a lease at least as long) cannot expire before then.
+        refresh = time.time() + max(0.0, fresh - age)
+        return refresh if self._due is None else min(self._due, refresh)
 
     async def _warn_unknown_workflows(self) -> None:
         now = time.monotonic()

@@ -15,8 +15,9 @@ and waits for a reply on a bare future:
   never spins the loop.
 - **Cancelled mid-statement.** The statement was sent and may commit. The wait sees it
   through, so the caller's write either committed or did not, and the connection is left
-  clean. Then it raises the cancellation. A second cancellation abandons the statement; the
-  connection then goes back to the pool, which closes it.
+  clean. Then it raises the cancellation, even if the statement failed. A second
+  cancellation, or no reply within 5 s, abandons the statement; the connection then goes
+  back to the pool, which closes it.
 
 Every other connection, and this one once given back, waits as psycopg does.
 """
@@ -35,6 +36,10 @@ from psycopg.pq.abc import PGconn
 from psycopg.waiting import READY_NONE, READY_R, READY_W, WAIT_R, WAIT_W, Wait
 
 __all__ = ["WatchedConnection"]
+
+# How long a cancelled caller waits for the reply to its statement (psycopg's own wait
+# gives a cancelled statement as long).
+_SEE_THROUGH = 5.0
 
 _POLL_MASKS = {
     Wait.R: select.POLLIN,
@@ -64,7 +69,9 @@ class _Watch:
         try:
             self.pgconn.consume_input()  # see "Read on arrival"
         except psycopg.OperationalError:
-            pass  # the waiting generator reads again and raises it
+            # libpq has closed the socket: let go of its number at once (another
+            # connection may be given it), and let the generator find the error.
+            self.stop()
         self.took = True
         if not waiter.done():
             waiter.set_result(None)
@@ -117,6 +124,7 @@ class WatchedConnection(AsyncConnection[tuple[Any, ...]]):
 
     _watch: _Watch | None = None
     _cursor: AsyncCursor[tuple[Any, ...]] | None = None
+    _cancelled: asyncio.CancelledError | None = None  # during wait: the first cancellation
 
     async def write(self, query: bytes, params: Sequence[Any]) -> int:
         """Run one statement on a cursor kept for the purpose; return its row count. For
@@ -148,37 +156,53 @@ class WatchedConnection(AsyncConnection[tuple[Any, ...]]):
     async def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         watch = self._watch
         if watch is None or timeout is not None:
+            if watch is not None:
+                watch.stop()  # psycopg's wait registers the socket itself, then removes it
             return await super().wait(gen, interval, timeout)
-        cancelled: asyncio.CancelledError | None = None
+        self._cancelled: asyncio.CancelledError | None = None
         try:
             s = next(gen)
             while True:
-                try:
-                    if s == WAIT_R:
-                        await watch.until(s)
-                        s = gen.send(READY_R)
-                        continue
-                    ready = _ready(watch.fileno, s)  # writable is nearly always at once
-                    while not ready:
-                        await watch.until(s)
-                        ready = _ready(watch.fileno, s)
-                        if watch.took and s & WAIT_R:  # read on arrival: the socket is dry
-                            ready |= READY_R
-                    s = gen.send(ready)
-                except asyncio.CancelledError as exc:
-                    if cancelled is not None:  # cancelled again: abandon the statement
-                        raise
-                    cancelled = exc  # see "Cancelled mid-statement"
+                if s == WAIT_R:
+                    await self._until(watch, s)
+                    # Also after a cancellation: the reply may be read already (the socket
+                    # is dry), and a READY_R too many only makes the generator look again.
+                    s = gen.send(READY_R)
+                    continue
+                ready = _ready(watch.fileno, s)  # writable is nearly always at once
+                while not ready:
+                    await self._until(watch, s)
+                    ready = _ready(watch.fileno, s)
+                    if s & WAIT_R and (watch.took or self._cancelled is not None):
+                        ready |= READY_R  # read on arrival: the socket may be dry
+                s = gen.send(ready)
         except StopIteration as done:
-            if cancelled is not None:
-                raise cancelled from None
+            if self._cancelled is not None:
+                raise self._cancelled from None
             result: RV = done.value
             return result
-        except OSError as exc:
-            self.unwatch()
-            raise psycopg.OperationalError("connection socket closed") from exc
-        except BaseException:
+        except BaseException as exc:
             # An error or a second cancellation: the store gives this connection back to
             # the pool (which checks it); until then it waits as psycopg does.
             self.unwatch()
+            if self._cancelled is not None and exc is not self._cancelled:
+                raise self._cancelled from exc  # an error must not swallow the cancel
+            if isinstance(exc, OSError):
+                raise psycopg.OperationalError("connection socket closed") from exc
             raise
+
+    async def _until(self, watch: _Watch, s: int) -> None:
+        """Wait on ``watch``. The first cancellation is kept (see "Cancelled
+        mid-statement") and the statement seen through for up to _SEE_THROUGH seconds;
+        a second one, or that long, abandons it."""
+        if self._cancelled is None:
+            try:
+                await watch.until(s)
+            except asyncio.CancelledError as exc:
+                self._cancelled = exc
+            return
+        try:
+            async with asyncio.timeout(_SEE_THROUGH):
+                await watch.until(s)
+        except TimeoutError:
+            raise self._cancelled from None

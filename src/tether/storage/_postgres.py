@@ -304,6 +304,7 @@ class PostgresStore:
         self._handlers: list[EventHandler] = []
         self._listener: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
+        self._listening = False
         self.commits = 0  # committed write transactions, for tests and benchmarks
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -413,6 +414,12 @@ class PostgresStore:
             await pool.close()
 
     @property
+    def listening(self) -> bool:
+        """Whether the notification channel is up: what is announced now reaches the
+        subscribers (or, if it drops meanwhile, its reconnection does)."""
+        return self._listening
+
+    @property
     def pool(self) -> AsyncConnectionPool[WatchedConnection]:
         if self._pool is None:
             raise StorageError("the store is not open")
@@ -465,10 +472,14 @@ class PostgresStore:
                     if delay:
                         log.info("notification channel reconnected")
                     delay = 0.0
-                    self._dispatch("connected", "")
-                    async for note in conn.notifies():
-                        kind, _, value = note.payload.partition(":")
-                        self._dispatch(kind, value)
+                    self._listening = True
+                    try:
+                        self._dispatch("connected", "")
+                        async for note in conn.notifies():
+                            kind, _, value = note.payload.partition(":")
+                            self._dispatch(kind, value)
+                    finally:
+                        self._listening = False
             except psycopg.Error as exc:
                 delay = min(2.0, max(0.05, delay * 2))
                 log.warning(
@@ -489,7 +500,12 @@ class PostgresStore:
         loop = self._loop  # not get_running_loop(): on Python 3.11 it costs a getpid call
         future: asyncio.Future[T] = loop.create_future()
         op = _Op(run, future, single, row)
-        if single and self._flusher is None and not getattr(loop, "_ready", True):
+        if (
+            single
+            and self._flusher is None
+            and not self._queue
+            and not getattr(loop, "_ready", True)
+        ):
             # Nothing is being written, and nothing else is ready to run in this turn of
             # the loop, so no other write could join this one's flush: the caller writes
             # it itself and spares two trips through the loop (one to start a flusher
@@ -510,6 +526,10 @@ class PostgresStore:
         caller of _write awaits it at once, so this always runs."""
         try:
             await self._flush([op])  # every write goes through _flush, queued or not
+        except BaseException:
+            if op.future.done() and not op.future.cancelled():
+                op.future.exception()  # what it failed with is raised here instead
+            raise
         finally:
             place.set_result(None)
             self._flusher = None
@@ -588,8 +608,8 @@ class PostgresStore:
         conn = self._held
         if conn is None:
             conn = self._held = await self.pool.getconn()
-            conn.watch()
         try:
+            conn.watch()  # (once: it stays watched while held)
             result = await work(conn)
         except BaseException:
             await self._give_back()

@@ -202,6 +202,7 @@ class SQLiteStore:
 
     poll_interval = 0.25  # other processes on this file cannot notify: look often
     notifies = False
+    listening = False
 
     def __init__(self, url: str) -> None:
         self.url = url

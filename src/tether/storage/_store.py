@@ -132,6 +132,11 @@ class Store(Protocol):
     # Whether ``subscribe`` hears other processes (a run's end wakes ``handle.result()``).
     notifies: bool
 
+    @property
+    def listening(self) -> bool:
+        """Whether announcements reach ``subscribe``'s handlers right now."""
+        ...
+
     async def open(self, *, create: bool = True) -> None: ...
     async def close(self) -> None: ...
 
