@@ -159,7 +159,7 @@ class WatchedConnection(AsyncConnection[tuple[Any, ...]]):
             if watch is not None:
                 watch.stop()  # psycopg's wait registers the socket itself, then removes it
             return await super().wait(gen, interval, timeout)
-        self._cancelled: asyncio.CancelledError | None = None
+        self._cancelled = None
         try:
             s = next(gen)
             while True:

@@ -90,7 +90,16 @@ from ._rows import (
     tags_json,
     token_from_row,
 )
-from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
+from ._store import (
+    EventHandler,
+    Fence,
+    InDoubt,
+    NewEffect,
+    NewEntry,
+    NewRun,
+    WorkerInfo,
+    nothing_else_ready,
+)
 from ._url import redact_url as _redact
 
 __all__ = ["PostgresStore", "parse_postgres_url"]
@@ -500,12 +509,7 @@ class PostgresStore:
         loop = self._loop  # not get_running_loop(): on Python 3.11 it costs a getpid call
         future: asyncio.Future[T] = loop.create_future()
         op = _Op(run, future, single, row)
-        if (
-            single
-            and self._flusher is None
-            and not self._queue
-            and not getattr(loop, "_ready", True)
-        ):
+        if single and self._flusher is None and not self._queue and nothing_else_ready(loop):
             # Nothing is being written, and nothing else is ready to run in this turn of
             # the loop, so no other write could join this one's flush: the caller writes
             # it itself and spares two trips through the loop (one to start a flusher
@@ -517,8 +521,11 @@ class PostgresStore:
             return self._write_now(op, self._flusher)
         self._queue.append(op)
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush_loop(), name="tether-flush")
+            self._start_flusher()
         return future
+
+    def _start_flusher(self) -> None:
+        self._flusher = self._loop.create_task(self._flush_loop(), name="tether-flush")
 
     async def _write_now(self, op: _Op, place: asyncio.Future[None]) -> Any:
         """The caller's own write (see _write). ``place`` holds the flusher's place until
@@ -534,7 +541,7 @@ class PostgresStore:
             place.set_result(None)
             self._flusher = None
             if self._queue:
-                self._flusher = self._loop.create_task(self._flush_loop(), name="tether-flush")
+                self._start_flusher()
         return await op.future
 
     async def _flush_loop(self) -> None:
@@ -1362,8 +1369,8 @@ class PostgresStore:
                     )
             input_inline, input_ref = await self._value(conn, entry.input_json)
             output_inline, output_ref = await self._value(conn, entry.output_json)
-            # The fence check (with its share lock) is part of the insert: a plain step is
-            # one statement, one round trip.
+            # The insert checks the fence again (with its share lock): it is the plain
+            # step's statement, shared.
             cur = await conn.execute(
                 _JOURNAL_WRITE,
                 (

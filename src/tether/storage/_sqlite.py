@@ -72,7 +72,16 @@ from ._rows import (
     tags_json,
     token_from_row,
 )
-from ._store import EventHandler, Fence, InDoubt, NewEffect, NewEntry, NewRun, WorkerInfo
+from ._store import (
+    EventHandler,
+    Fence,
+    InDoubt,
+    NewEffect,
+    NewEntry,
+    NewRun,
+    WorkerInfo,
+    nothing_else_ready,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -287,8 +296,7 @@ class SQLiteStore:
         self._queue.append((op, future))
         if self._flush_scheduled:
             return future  # joins the batch already on its way
-        ready = getattr(loop, "_ready", None)
-        if ready is not None and not ready and self._inline < _INLINE_RUN:
+        if self._inline < _INLINE_RUN and nothing_else_ready(loop):
             # Nothing else is ready to run before a scheduled flush would: no other write
             # could join this batch, so commit it now and spare the caller two trips
             # through the loop. Every _INLINE_RUN-th such write still goes through the

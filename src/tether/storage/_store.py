@@ -8,6 +8,7 @@ write that changes a claimed run carries a :class:`Fence`; a backend must reject
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,14 @@ __all__ = [
 
 # Called with (kind, value) for what other processes did (see Store.subscribe).
 EventHandler = Callable[[str, str], None]
+
+
+def nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether no other callback waits to run in this turn of ``loop``: then no other
+    write could join one made now, and a backend may commit it without group commit's
+    trip through the loop. False on a loop without asyncio's ready queue (uvloop)."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
 
 
 @dataclass(frozen=True, slots=True)
